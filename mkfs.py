@@ -1,0 +1,3 @@
+from pyfs.cli import mkfs_main
+
+raise SystemExit(mkfs_main())

@@ -1,0 +1,349 @@
+"""The pyfs command line: `pyfs COMMAND ...` plus mkfs.pyfs/fsck.pyfs/mount.pyfs.
+
+Subcommands live in a registry so other modules can add their own:
+
+    def setup(p: argparse.ArgumentParser) -> None: p.add_argument("IMAGE")
+
+    @command("frob", help="frob an image", setup=setup, prog="frob.pyfs")
+    def run_frob(args: argparse.Namespace) -> int: ...
+
+A run function returns an exit code or raises CliError; either way the user
+sees one line prefixed with the command's prog name, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from pyfs.device import Device, DeviceBusy, DeviceError, FileDevice, open_device
+from pyfs.format import FORMAT_VERSION, MAX_LABEL, FormatError, Superblock
+from pyfs.mkfs import MkfsError, check_label, choose_layout, detect_signature, format_device
+from pyfs.superblock import read_superblock
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr; code is the exit status."""
+
+    def __init__(self, msg: str, code: int = EXIT_ERROR):
+        super().__init__(msg)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    setup: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    prog: str                      # prefix of error messages, e.g. "mkfs.pyfs"
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, *, help: str, setup: Callable[[argparse.ArgumentParser], None],
+            prog: str | None = None):
+    """Decorator registering run(args) -> int as `pyfs NAME` (later wins on reuse)."""
+    def register(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = Command(name, help, setup, run, prog or f"pyfs {name}")
+        return run
+    return register
+
+
+# --------------------------------------------------------------------------
+# Shared helpers
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpe]?)(i?b)?", re.IGNORECASE)
+_UNITS = "kmgtpe"
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Parse '4096', '512K', '1.5GiB', '2mb' (binary units) into a positive byte count."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    # "5iB" (no unit letter) is nonsense even though the regex allows it.
+    if not m or (m[3] and m[3].lower() == "ib" and not m[2]):
+        raise CliError(f"bad {what} {text!r}: expected a number of bytes, optionally "
+                       f"followed by K, M, G or T (e.g. 512M)")
+    n = Fraction(m[1]) * (1 << (10 * (_UNITS.index(m[2].lower()) + 1) if m[2] else 0))
+    if n.denominator != 1:
+        raise CliError(f"bad {what} {text!r}: not a whole number of bytes")
+    if n <= 0:
+        raise CliError(f"bad {what} {text!r}: must be greater than zero")
+    return int(n)
+
+
+def human_size(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.4g} {unit}"
+    return f"{n} B"
+
+
+def _an(noun: str) -> str:
+    """'an ext4 filesystem', 'a swap area' (good enough for our signature names)."""
+    return ("an " if noun[:1] in "aeiox" else "a ") + noun
+
+
+def version_string() -> str:
+    return f"pyfs {_package_version()} (on-disk format {FORMAT_VERSION})"
+
+
+def _package_version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("pyfs")
+    except metadata.PackageNotFoundError:
+        pass
+    # Running from a source tree that was never installed.
+    import tomllib
+    try:
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+            return tomllib.load(f)["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+def _open_error(path: str, err: OSError) -> CliError:
+    if isinstance(err, DeviceBusy):
+        return CliError(f"{path} is in use (mounted, or opened by another pyfs tool)")
+    if isinstance(err, DeviceError) and err.strerror:
+        return CliError(err.strerror)           # already names the path
+    return CliError(f"cannot open {path}: {err.strerror or err}")
+
+
+# --------------------------------------------------------------------------
+# Running commands
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyfs", description="A bcachefs-style filesystem in Python over FUSE.")
+    parser.add_argument("--version", action="version", version=version_string())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.setup(sp)
+        sp.set_defaults(_command=cmd)
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
+    """Parse argv; return the namespace, or the exit code argparse wanted (2, or 0 for --help)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+
+
+def _run(cmd: Command, args: argparse.Namespace) -> int:
+    try:
+        return cmd.run(args)
+    except CliError as e:
+        msg, code = str(e), e.code
+    except (MkfsError, FormatError) as e:
+        msg, code = str(e), EXIT_ERROR
+    except OSError as e:
+        name = f"{e.filename}: " if e.filename else ""
+        msg, code = f"{name}{e.strerror or e}", EXIT_ERROR
+    except KeyboardInterrupt:
+        msg, code = "interrupted", 130
+    print(f"{cmd.prog}: {msg}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`pyfs COMMAND ...`; returns the exit code."""
+    args = _parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    return _run(args._command, args)
+
+
+def command_main(name: str, argv: Sequence[str] | None = None) -> int:
+    """Run one registered command as its own program (mkfs.pyfs IMAGE ...)."""
+    cmd = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=cmd.prog, description=cmd.help)
+    parser.add_argument("--version", action="version", version=version_string())
+    cmd.setup(parser)
+    args = _parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    return _run(cmd, args)
+
+
+def mkfs_main(argv: Sequence[str] | None = None) -> int:
+    return command_main("mkfs", argv)
+
+
+def fsck_main(argv: Sequence[str] | None = None) -> int:
+    print("fsck.pyfs: not implemented yet", file=sys.stderr)
+    return 8
+
+
+def mount_main(argv: Sequence[str] | None = None) -> int:
+    print("mount.pyfs: not implemented yet", file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------
+# pyfs mkfs
+
+def _setup_mkfs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("--size", metavar="SIZE",
+                   help="create IMAGE with this size, or resize an existing image file "
+                        "(bytes, or with a K/M/G/T suffix)")
+    p.add_argument("--bucket-size", metavar="SIZE",
+                   help="allocation unit, a power of two from 128K to 2M "
+                        "(default: scales with the device)")
+    p.add_argument("--btree-node-size", metavar="SIZE",
+                   help="btree node size, a power of two from 16K to the bucket size "
+                        "(default: 256K or the bucket size if smaller)")
+    p.add_argument("-L", "--label", default="", help=f"volume label (at most {MAX_LABEL} bytes)")
+    p.add_argument("-U", "--uuid", help="filesystem UUID (default: random)")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="overwrite an existing filesystem or partition table")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+
+def _optional_size(text: str | None, what: str) -> int | None:
+    return None if text is None else parse_size(text, what)
+
+
+def _parse_uuid(text: str | None) -> uuidlib.UUID | None:
+    if text is None:
+        return None
+    try:
+        return uuidlib.UUID(text)
+    except ValueError:
+        raise CliError(f"bad UUID {text!r}") from None
+
+
+def _resize(dev: Device, path: str, size: int) -> None:
+    """Resize an image file through the fd that holds its lock, so a mount
+    cannot slip in between the resize and the format."""
+    if dev.is_block or not isinstance(dev, FileDevice):
+        raise CliError(f"--size can only resize an image file; {path} is a block device")
+    os.ftruncate(dev.fd, size)
+    dev.size = size
+
+
+def _check_creatable(path: str) -> None:
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise CliError(f"cannot create {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"cannot create {path}: directory {parent} is not writable")
+
+
+def _open_for_mkfs(path: str, size: int | None) -> tuple[Device, bool]:
+    """Open (creating if needed) path exclusively; return it and whether we created it."""
+    existed = os.path.lexists(path)
+    if not existed and size is None:
+        raise CliError(f"{path} does not exist; give --size to create it")
+    if not existed:
+        _check_creatable(path)
+    try:
+        dev = open_device(path, create_size=None if existed else size, exclusive=True)
+    except OSError as e:
+        raise _open_error(path, e) from None
+    return dev, not existed
+
+
+def _print_summary(path: str, sb: Superblock) -> None:
+    bs = sb.bucket_size
+    groups = -(-sb.nbuckets // sb.group_buckets)
+    rows = [
+        ("UUID", str(uuidlib.UUID(bytes=sb.uuid))),
+        ("Label", sb.label or "(none)"),
+        ("Size", f"{human_size(sb.device_size)} ({sb.device_size} bytes)"),
+        ("Buckets", f"{sb.nbuckets} x {human_size(bs)}"),
+        ("Btree node size", human_size(sb.btree_node_size)),
+        ("Journal", f"{sb.journal_nbuckets} buckets ({human_size(sb.journal_nbuckets * bs)})"),
+        ("First data bucket", sb.first_data_bucket),
+        ("Allocation groups", f"{groups} of {sb.group_buckets} buckets"),
+    ]
+    print(f"Created a pyfs filesystem on {path}")
+    for k, v in rows:
+        print(f"  {k + ':':<19}{v}")
+
+
+def run_mkfs(args: argparse.Namespace) -> int:
+    size = _optional_size(args.size, "size")
+    geometry = {"bucket_size": _optional_size(args.bucket_size, "bucket size"),
+                "btree_node_size": _optional_size(args.btree_node_size, "btree node size")}
+    uuid = _parse_uuid(args.uuid)
+    check_label(args.label)
+    if size is not None:
+        choose_layout(size, **geometry)          # fail before creating or resizing anything
+    dev, created = _open_for_mkfs(args.image, size)
+    try:
+        if not created:
+            sig = detect_signature(dev)
+            if sig and not args.force:
+                raise CliError(f"{args.image} contains {_an(sig)}; "
+                               "use --force to overwrite it")
+            if size is not None and size != dev.size:
+                _resize(dev, args.image, size)
+        sb = format_device(dev, label=args.label, uuid=uuid, **geometry)
+    except BaseException:
+        dev.close()
+        if created:
+            # Do not leave a half-made image behind.
+            Path(args.image).unlink(missing_ok=True)
+        raise
+    dev.close()
+    if not args.quiet:
+        _print_summary(args.image, sb)
+    return EXIT_OK
+
+
+command("mkfs", help="make a new pyfs filesystem", setup=_setup_mkfs,
+        prog="mkfs.pyfs")(run_mkfs)
+
+
+# --------------------------------------------------------------------------
+# pyfs show-super
+
+def _setup_show_super(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+
+
+@command("show-super", help="print the superblock of an image", setup=_setup_show_super)
+def run_show_super(args: argparse.Namespace) -> int:
+    try:
+        # Inspection only: fine on a mounted image, so no exclusive lock.
+        dev = open_device(args.image, read_only=True, exclusive=False)
+    except OSError as e:
+        raise _open_error(args.image, e) from None
+    with dev:
+        try:
+            sb, warnings = read_superblock(dev)
+        except FormatError as e:
+            raise CliError(f"{args.image}: not a usable pyfs filesystem: {e}") from None
+    for w in warnings:
+        print(f"pyfs show-super: warning: {w}", file=sys.stderr)
+    print(sb.to_text())
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# pyfs version
+
+@command("version", help="print the pyfs version", setup=lambda p: None)
+def run_version(args: argparse.Namespace) -> int:
+    print(version_string())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
