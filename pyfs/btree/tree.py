@@ -1,0 +1,482 @@
+"""The btrees: roots, descent, updates, splits, merges, node cache, node writes.
+
+One BtreeSet holds every btree of a filesystem (one root per BtreeId) and the
+node cache they share. It knows nothing of what keys mean. It relies on two
+collaborators passed in by the engine:
+
+  journal: .cur_seq (the open entry's sequence, which pins dirty nodes),
+           .durable_seq, .add_interior(btree_id, level, key, val) to journal
+           a pointer change, and .node_written() to note a node write that
+           the next journal write must be ordered after.
+  space:   .alloc_node() -> byte offset of a free region, and
+           .free_node(offset, seq): the region may be reused once seq is durable.
+
+Node writes: dirty keys are buffered in memory and a node is written when
+journal reclaim asks (the normal path), when the cache must evict it, when its
+dirty bytes exceed `write_buffer`, or at once when the node is new (a split,
+merge or compaction made it and a pointer to it is about to be journaled).
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from collections.abc import Iterator
+
+from ..format import (
+    BTREE_ID_NR,
+    MAX_KEY,
+    NODE_HDR_SIZE,
+    ZERO_KEY,
+    BtreeId,
+    FormatError,
+    NodeHeader,
+    pack_btree_ptr,
+    unpack_btree_ptr,
+)
+from .io import encode_append, encode_first, parse_node, round_up
+from .node import DELETED_NO_WHITEOUT, ENTRY_OVERHEAD, Node
+
+COUNTERS = (
+    "btree_node_reads", "btree_node_read_bytes",
+    "btree_node_writes", "btree_node_write_bytes", "btree_bsets_written",
+    "btree_node_writes_reclaim", "btree_node_writes_evict", "btree_node_writes_buffer",
+    "btree_node_writes_new", "btree_node_writes_flush",
+    "btree_whiteouts_written", "btree_whiteouts_avoided",
+    "btree_compactions", "btree_splits", "btree_merges",
+    "btree_cache_hits", "btree_cache_misses", "btree_cache_evictions",
+    "btree_updates",
+)
+
+
+def key_before(key: bytes) -> bytes:
+    return (int.from_bytes(key, "big") - 1).to_bytes(len(key), "big")
+
+
+def key_after(key: bytes) -> bytes:
+    return (int.from_bytes(key, "big") + 1).to_bytes(len(key), "big")
+
+
+class BtreeError(Exception):
+    """A btree node read from disk is inconsistent with the tree above it."""
+
+
+class BtreeSet:
+    def __init__(self, dev, node_size: int, space, journal, counters: dict,
+                 *, write_buffer: int | None = None, cache_nodes: int = 512):
+        self.dev = dev
+        self.node_size = node_size
+        self.space = space
+        self.journal = journal
+        self.c = counters
+        for name in COUNTERS:
+            counters.setdefault(name, 0)
+        # Bound on dirty bytes per node; 4096 reproduces write-every-4-KiB.
+        self.write_buffer = write_buffer or node_size // 2
+        self.split_bytes = node_size * 3 // 4 - NODE_HDR_SIZE
+        self.merge_bytes = node_size // 8
+        self.max_value = node_size // 4
+        self.cache_nodes = max(cache_nodes, 16)
+        self.roots: list[Node | None] = [None] * BTREE_ID_NR
+        self.cache: dict[bytes, Node] = {}
+        self.dirty: dict[Node, None] = {}      # insertion order == pin order
+        self.tick = 0
+
+    # ------------------------------------------------------------ node cache
+
+    def _node(self, ptr: bytes, btree_id: int, level: int, min_key: bytes,
+              max_key: bytes) -> Node:
+        node = self.cache.get(ptr)
+        if node is not None:
+            self.c["btree_cache_hits"] += 1
+            return node
+        self.c["btree_cache_misses"] += 1
+        node = self._read(ptr, btree_id, level, min_key, max_key)
+        self.cache[ptr] = node
+        return node
+
+    def _read(self, ptr: bytes, btree_id: int, level: int, min_key: bytes,
+              max_key: bytes) -> Node:
+        offset, node_seq = unpack_btree_ptr(ptr)
+        if offset % 4096 or offset + self.node_size > self.dev.size:
+            raise BtreeError(f"btree pointer to offset {offset} outside the device")
+        buf = self.dev.pread(self.node_size, offset)
+        self.c["btree_node_reads"] += 1
+        self.c["btree_node_read_bytes"] += len(buf)
+        try:
+            img = parse_node(buf, offset, self.journal.durable_seq)
+        except FormatError as e:
+            raise BtreeError(f"{BtreeId(btree_id).name} level {level}: {e}") from e
+        h = img.header
+        if (h.node_seq != node_seq or h.btree_id != btree_id or h.level != level
+                or h.min_key != min_key or h.max_key != max_key):
+            raise BtreeError(
+                f"{BtreeId(btree_id).name} level {level}: node at offset {offset} does not "
+                f"match its pointer (seq {h.node_seq:#x}/{node_seq:#x}, btree {h.btree_id}, "
+                f"level {h.level})")
+        node = Node(btree_id, level, min_key, max_key, offset, node_seq, ptr)
+        node.set_written(img.keys, img.vals)
+        node.written_bytes = img.written_bytes
+        node.max_seq = img.max_journal_seq
+        node.new = False
+        return node
+
+    def maybe_evict(self) -> int:
+        """Shrink the cache to its bound, least recently used leaves first.
+
+        Called only between operations (never during a descent), so no caller
+        holds a node that is being dropped. Dirty victims are written first.
+        Interior nodes stay: they are few and every descent needs them."""
+        if len(self.cache) <= self.cache_nodes:
+            return 0
+        victims = sorted((n for n in self.cache.values() if n.level == 0
+                          and n is not self.roots[n.btree_id]), key=lambda n: n.last_used)
+        target = len(self.cache) - self.cache_nodes * 7 // 8
+        for node in victims[:max(target, 0)]:
+            if node.dirty:
+                self.write_node(node, "evict")
+            if self.cache.get(node.ptr) is node:
+                del self.cache[node.ptr]
+                self.c["btree_cache_evictions"] += 1
+        return max(target, 0)
+
+    # ------------------------------------------------------------ roots
+
+    def new_root(self, btree_id: int) -> Node:
+        """An empty leaf root, written at once so a journal entry may point at it."""
+        node = self._new_node(btree_id, 0, ZERO_KEY, MAX_KEY)
+        self.roots[btree_id] = node
+        self.write_node(node, "new")
+        return node
+
+    def set_root(self, btree_id: int, level: int, offset: int, node_seq: int) -> None:
+        ptr = pack_btree_ptr(offset, node_seq)
+        self.roots[btree_id] = self._node(ptr, btree_id, level, ZERO_KEY, MAX_KEY)
+
+    def root_records(self) -> list[tuple[int, int, int, int]]:
+        return [(r.btree_id, r.level, r.offset, r.node_seq)
+                for r in self.roots if r is not None]
+
+    def _new_node(self, btree_id: int, level: int, min_key: bytes, max_key: bytes) -> Node:
+        offset = self.space.alloc_node()
+        node_seq = int.from_bytes(os.urandom(8), "little") | 1
+        ptr = pack_btree_ptr(offset, node_seq)
+        node = Node(btree_id, level, min_key, max_key, offset, node_seq, ptr)
+        self.cache[ptr] = node
+        return node
+
+    # ------------------------------------------------------------ descent
+
+    def leaf(self, btree_id: int, key: bytes) -> Node:
+        node = self.roots[btree_id]
+        while node.level:
+            node = self._child(node, key)
+        self.tick += 1
+        node.last_used = self.tick
+        return node
+
+    def _child(self, node: Node, key: bytes) -> Node:
+        keys, vals = node.merged()
+        i = bisect_right(keys, key) - 1
+        ptr = vals[i]
+        child = self.cache.get(ptr)
+        if child is None:
+            hi = key_before(keys[i + 1]) if i + 1 < len(keys) else node.max_key
+            child = self._node(ptr, node.btree_id, node.level - 1, keys[i], hi)
+        return child
+
+    def path(self, btree_id: int, key: bytes, level: int = 0) -> list[Node]:
+        """Nodes from the root down to `level` on the way to key."""
+        node = self.roots[btree_id]
+        out = [node]
+        while node.level > level:
+            node = self._child(node, key)
+            out.append(node)
+        return out
+
+    # ------------------------------------------------------------ lookups
+
+    def get(self, btree_id: int, key: bytes) -> bytes | None:
+        return self.leaf(btree_id, key).get(key)
+
+    def iter(self, btree_id: int, start: bytes = ZERO_KEY, end: bytes = MAX_KEY,
+             ) -> Iterator[tuple[bytes, bytes]]:
+        """Live (key, value) pairs with start <= key <= end, in order.
+
+        Each leaf's slice is copied before it is yielded, so callers may update
+        the tree while iterating; they see the leaves after the current one as
+        they are when reached."""
+        while True:
+            node = self.leaf(btree_id, start)
+            yield from node.items(start, min(end, node.max_key))
+            if node.max_key >= end:
+                return
+            start = key_after(node.max_key)
+
+    def first(self, btree_id: int, start: bytes, end: bytes) -> tuple[bytes, bytes] | None:
+        for kv in self.iter(btree_id, start, end):
+            return kv
+        return None
+
+    def last_before(self, btree_id: int, key: bytes, lo: bytes = ZERO_KEY
+                    ) -> tuple[bytes, bytes] | None:
+        """The greatest live key in [lo, key], or None."""
+        while True:
+            node = self.leaf(btree_id, key)
+            items = node.items(max(lo, node.min_key), key)
+            if items:
+                return items[-1]
+            if node.min_key <= lo:
+                return None
+            key = key_before(node.min_key)
+
+    # ------------------------------------------------------------ updates
+
+    def _pin(self, node: Node, seq: int) -> None:
+        if not node.pin_seq:
+            node.pin_seq = seq
+            self.dirty[node] = None
+        node.max_seq = seq
+
+    def insert(self, btree_id: int, key: bytes, val: bytes, seq: int) -> None:
+        if len(val) > self.max_value:
+            raise ValueError(f"value of {len(val)} bytes exceeds the {self.max_value} limit")
+        node = self.leaf(btree_id, key)
+        node.insert(key, val)
+        self.c["btree_updates"] += 1
+        if not node.pin_seq:
+            node.pin_seq = seq
+            self.dirty[node] = None
+        node.max_seq = seq
+        if node.live_bytes > self.split_bytes:
+            self.split(node)
+        elif node.dirty_bytes > self.write_buffer:
+            self.write_node(node, "buffer")
+
+    def delete(self, btree_id: int, key: bytes, seq: int) -> None:
+        node = self.leaf(btree_id, key)
+        if node.delete(key) == DELETED_NO_WHITEOUT:
+            self.c["btree_whiteouts_avoided"] += 1
+        self.c["btree_updates"] += 1
+        self._pin(node, seq)
+        if node.live_bytes < self.merge_bytes and node is not self.roots[btree_id]:
+            self.maybe_merge(node)
+        elif node.dirty_bytes > self.write_buffer:
+            self.write_node(node, "buffer")
+
+    def apply_interior(self, btree_id: int, level: int, key: bytes, val: bytes, seq: int) -> None:
+        """Replay a journaled pointer change into the node at `level` covering key."""
+        root = self.roots[btree_id]
+        if root is None or root.level < level:
+            return
+        node = self.path(btree_id, key, level)[-1]
+        if val:
+            node.insert(key, val)
+        else:
+            node.delete(key)
+        self._pin(node, seq)
+
+    # ------------------------------------------------------------ structure
+
+    def _set_ptr(self, parent: Node | None, child: Node) -> None:
+        """Point the parent (or the root slot) at child's current region."""
+        seq = self.journal.cur_seq
+        if parent is None:
+            self.roots[child.btree_id] = child
+            return
+        parent.insert(child.min_key, child.ptr)
+        self._pin(parent, seq)
+        self.journal.add_interior(parent.btree_id, parent.level, child.min_key, child.ptr)
+
+    def _del_ptr(self, parent: Node, key: bytes) -> None:
+        parent.delete(key)
+        self._pin(parent, self.journal.cur_seq)
+        self.journal.add_interior(parent.btree_id, parent.level, key, b"")
+
+    def _parent(self, node: Node) -> Node | None:
+        if node is self.roots[node.btree_id]:
+            return None
+        p = self.path(node.btree_id, node.min_key, node.level + 1)[-1]
+        assert p.level == node.level + 1
+        return p
+
+    def _retire(self, node: Node) -> None:
+        """Forget a node whose region no longer holds live data."""
+        if self.cache.get(node.ptr) is node:
+            del self.cache[node.ptr]
+        self.dirty.pop(node, None)
+        node.pin_seq = 0
+        self.space.free_node(node.offset, self.journal.cur_seq)
+
+    def split(self, node: Node) -> None:
+        parent = self._parent(node)
+        keys, vals = node.all_live()
+        # Split at the byte midpoint so both halves have room to grow.
+        half = node.live_bytes // 2
+        acc = 0
+        cut = 1
+        for i, v in enumerate(vals):
+            acc += ENTRY_OVERHEAD + len(v)
+            if acc >= half:
+                cut = max(1, min(i + 1, len(keys) - 1))
+                break
+        if parent is None:
+            parent = self._new_node(node.btree_id, node.level + 1, ZERO_KEY, MAX_KEY)
+            parent.new = True
+            self.roots[node.btree_id] = parent
+        left = self._new_node(node.btree_id, node.level, node.min_key, key_before(keys[cut]))
+        right = self._new_node(node.btree_id, node.level, keys[cut], node.max_key)
+        for n, ks, vs in ((left, keys[:cut], vals[:cut]), (right, keys[cut:], vals[cut:])):
+            n.set_written(ks, vs)
+            n.max_seq = node.max_seq
+            self.write_node(n, "new")
+        self._retire(node)
+        self.c["btree_splits"] += 1
+        self._set_ptr(parent, left)
+        self._set_ptr(parent, right)
+        if parent.new:
+            self.write_node(parent, "new")
+        elif parent.live_bytes > self.split_bytes:
+            self.split(parent)
+
+    def maybe_merge(self, node: Node) -> None:
+        """Merge an underfull node with a sibling when the result stays small."""
+        parent = self._parent(node)
+        if parent is None:
+            return
+        pkeys, pvals = parent.merged()
+        i = bisect_right(pkeys, node.min_key) - 1
+        if len(pkeys) == 1:
+            if parent is self.roots[node.btree_id]:
+                self._collapse_root(parent, node)
+            return
+        j = i + 1 if i + 1 < len(pkeys) else i - 1
+        lo, hi = sorted((i, j))
+        left = node if lo == i else self._child_at(parent, lo)
+        right = node if hi == i else self._child_at(parent, hi)
+        if left.live_bytes + right.live_bytes > self.split_bytes // 2:
+            return
+        lk, lv = left.all_live()
+        rk, rv = right.all_live()
+        merged = self._new_node(node.btree_id, node.level, left.min_key, right.max_key)
+        merged.set_written(lk + rk, lv + rv)
+        merged.max_seq = max(left.max_seq, right.max_seq)
+        self.write_node(merged, "new")
+        self._retire(left)
+        self._retire(right)
+        self.c["btree_merges"] += 1
+        self._del_ptr(parent, right.min_key)
+        self._set_ptr(parent, merged)
+        if parent is self.roots[node.btree_id]:
+            if parent.nlive == 1:
+                self._collapse_root(parent, merged)
+        elif parent.live_bytes < self.merge_bytes:
+            self.maybe_merge(parent)
+
+    def _child_at(self, parent: Node, i: int) -> Node:
+        keys, _ = parent.merged()
+        return self._child(parent, keys[i])
+
+    def _collapse_root(self, root: Node, child: Node) -> None:
+        """A root with one child hands the root slot to that child."""
+        self.roots[root.btree_id] = child
+        self._retire(root)
+
+    # ------------------------------------------------------------ writing
+
+    def write_node(self, node: Node, cause: str) -> None:
+        """Append the node's unwritten keys as a bset, compacting if it is full."""
+        if node.live_bytes > self.split_bytes:
+            self.split(node)        # replay or pointer updates overfilled it
+            return
+        if node.new:
+            keys, vals = node.all_live()
+            data = encode_first(self._header(node), node.max_seq, keys, vals)
+            if len(data) > self.node_size:
+                raise AssertionError(f"new node of {len(data)} bytes exceeds node size")
+            self._write(node, data, 0, cause)
+            self.c["btree_whiteouts_avoided"] += len(node.whiteouts)
+        else:
+            keys, vals = node.unwritten()
+            data = encode_append(node.node_seq, node.max_seq, keys, vals)
+            if node.written_bytes + len(data) > self.node_size:
+                self.compact(node, cause)
+                return
+            self._write(node, data, node.written_bytes, cause)
+            self.c["btree_whiteouts_written"] += len(node.whiteouts)
+        node.mark_written()
+        self.dirty.pop(node, None)
+
+    def _header(self, node: Node) -> NodeHeader:
+        return NodeHeader(node.btree_id, node.level, node.node_seq, node.min_key, node.max_key)
+
+    def _write(self, node: Node, data: bytes, pos: int, cause: str) -> None:
+        self.dev.pwrite(data, node.offset + pos)
+        node.written_bytes = pos + round_up(len(data))
+        c = self.c
+        c["btree_node_writes"] += 1
+        c["btree_node_write_bytes"] += len(data)
+        c["btree_bsets_written"] += 1
+        c["btree_node_writes_" + cause] += 1
+        self.journal.node_written()
+
+    def compact(self, node: Node, cause: str) -> None:
+        """Rewrite a full node into a fresh region (copy-on-write) and repoint it."""
+        parent = self._parent(node)
+        old_offset = node.offset
+        if self.cache.get(node.ptr) is node:
+            del self.cache[node.ptr]
+        node.offset = self.space.alloc_node()
+        node.node_seq = int.from_bytes(os.urandom(8), "little") | 1
+        node.ptr = pack_btree_ptr(node.offset, node.node_seq)
+        self.cache[node.ptr] = node
+        node.new = True
+        self.c["btree_compactions"] += 1
+        self.space.free_node(old_offset, self.journal.cur_seq)
+        self.write_node(node, cause)
+        self._set_ptr(parent, node)
+
+    def flush_all(self, cause: str = "flush") -> int:
+        """Write every dirty node (unmount, sync of btree state). Returns nodes written."""
+        n = 0
+        while self.dirty:
+            node = next(iter(self.dirty))
+            self.write_node(node, cause)
+            n += 1
+        return n
+
+    def oldest_pin(self) -> int:
+        for node in self.dirty:
+            return node.pin_seq
+        return 0
+
+    def reclaim(self, upto_seq: int) -> int:
+        """Write dirty nodes pinning journal sequences < upto_seq, oldest first."""
+        n = 0
+        while self.dirty:
+            node = next(iter(self.dirty))
+            if node.pin_seq >= upto_seq:
+                break
+            self.write_node(node, "reclaim")
+            n += 1
+        return n
+
+    # ------------------------------------------------------------ walking
+
+    def walk(self, btree_id: int) -> Iterator[Node]:
+        """Every node of a btree, parents before children."""
+        root = self.roots[btree_id]
+        if root is None:
+            return
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.level:
+                keys, vals = node.merged()
+                for i in range(len(keys) - 1, -1, -1):
+                    stack.append(self._child(node, keys[i]))
+
+    def to_text(self, btree_id: int) -> str:
+        return "\n".join(("  " * (self.roots[btree_id].level - n.level)) + n.to_text()
+                         for n in self.walk(btree_id))

@@ -1,0 +1,275 @@
+"""The metadata engine: one mounted image's device, superblock, journal and btrees.
+
+Mount: read the superblock, find the journal's newest valid entry, load the
+btree roots it records, replay the keys of entries last_seq..newest (interior
+pointer changes top level first, then leaf keys, each in sequence order) and
+mark the superblock dirty. Unmount: write every dirty node, write a final
+journal entry recording that nothing needs replay, flush, mark clean.
+
+Transactions commit without waiting for I/O. Journal reclaim writes the nodes
+pinning the oldest sequences when the ring fills past a watermark; that is
+the normal trigger of btree node writes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .alloc.interim import InterimNodeSpace
+from .btree.tree import BtreeSet
+from .format import (
+    BTREE_ID_NR,
+    JSET_KEY_SIZE,
+    BtreeId,
+    SbState,
+    unpack_btree_ptr,
+)
+from .journal.journal import Journal
+from .journal.read import JournalScan, read_journal
+from .superblock import read_superblock, write_superblock
+from .trans import Trans, Trigger
+
+# Reclaim starts when the journal ring is this full, and writes nodes pinning
+# the oldest half of the live journal.
+RECLAIM_WATERMARK = 0.5
+
+
+class MountError(Exception):
+    """The image cannot be mounted; the message says why."""
+
+
+class Engine:
+    def __init__(self, dev, *, write_buffer: int | None = None, cache_nodes: int = 512,
+                 read_only: bool = False, background: bool = False):
+        self.dev = dev
+        self.read_only = read_only
+        # With a background flusher (the mount daemon), commits leave journal
+        # writes that need a preflush to it; otherwise they are done inline.
+        self.background = background
+        self.counters: dict[str, int] = {}
+        self.triggers: dict[int, list[Trigger]] = {}
+        self.warnings: list[str] = []
+        try:
+            self.sb, warns = read_superblock(dev)
+        except Exception as e:
+            raise MountError(str(e)) from e
+        self.warnings += warns
+        sb = self.sb
+        self.node_size = sb.btree_node_size
+        data_start = sb.first_data_bucket * sb.bucket_size
+        data_end = min(sb.nbuckets * sb.bucket_size, sb.backup_offset) // sb.bucket_size * sb.bucket_size
+        self.space = InterimNodeSpace(data_start, data_end, self.node_size)
+        self.journal = Journal(dev, start=sb.journal_bucket * sb.bucket_size,
+                               bucket_size=sb.bucket_size, nbuckets=sb.journal_nbuckets,
+                               counters=self.counters, roots_fn=self._roots,
+                               last_seq_fn=self._last_seq)
+        self.journal.on_durable.append(self.space.durable)
+        self.btrees = BtreeSet(dev, self.node_size, self.space, self.journal, self.counters,
+                               write_buffer=write_buffer, cache_nodes=cache_nodes)
+        self.replayed_keys = 0
+        self.replayed_entries = 0
+        self._mount()
+
+    # ------------------------------------------------------------ mount
+
+    def _roots(self) -> list:
+        return self.btrees.root_records()
+
+    def _last_seq(self, seq: int) -> int:
+        pin = self.btrees.oldest_pin()
+        return min(pin, seq) if pin else seq
+
+    def _mount(self) -> None:
+        sb = self.sb
+        scan = read_journal(self.dev, sb.journal_bucket * sb.bucket_size, sb.bucket_size,
+                            sb.journal_nbuckets)
+        self.scan = scan
+        newest = scan.newest
+        j = self.journal
+        if newest is None:
+            if sb.clean_journal_seq:
+                raise MountError("journal is empty but the superblock says entries "
+                                 f"up to {sb.clean_journal_seq} were written")
+            j.resume([], 0, 1)
+        else:
+            if sb.state == SbState.clean and newest.seq < sb.clean_journal_seq:
+                raise MountError(f"journal ends at {newest.seq} before the clean "
+                                 f"unmount entry {sb.clean_journal_seq}")
+            j.resume([(e.seq, p, e.size, e.last_seq)
+                      for e, p in zip(scan.entries, scan.positions)], scan.head, newest.seq + 1)
+        if newest is not None:
+            for bid, level, offset, node_seq in newest.roots:
+                self.btrees.set_root(bid, level, offset, node_seq)
+        self._mark_used_regions()
+        if not self.read_only:
+            for bid in range(BTREE_ID_NR):
+                if self.btrees.roots[bid] is None:
+                    self.btrees.new_root(bid)
+        self._replay(scan)
+        if not self.read_only:
+            sb.state = SbState.dirty
+            sb.mount_count += 1
+            sb.mtime_ns = time.time_ns()
+            write_superblock(self.dev, sb)
+
+    def _mark_used_regions(self) -> None:
+        """Tell the interim allocator which regions the tree references."""
+        for bid in range(BTREE_ID_NR):
+            root = self.btrees.roots[bid]
+            if root is None:
+                continue
+            self.space.mark_used(root.offset)
+            stack = [root] if root.level else []
+            while stack:
+                node = stack.pop()
+                keys, vals = node.merged()
+                for k, v in zip(keys, vals):
+                    self.space.mark_used(unpack_btree_ptr(v)[0])
+                    if node.level > 1:
+                        stack.append(self.btrees._child(node, k))
+
+    def _replay(self, scan: JournalScan) -> None:
+        entries = scan.entries
+        if not entries:
+            return
+        bt = self.btrees
+        if entries[-1].last_seq == entries[-1].seq and not entries[-1].keys:
+            return      # clean: the newest entry says everything is in the btrees
+        max_level = max((lv for e in entries for _b, lv, _k, _v in e.keys), default=0)
+        for level in range(max_level, 0, -1):
+            for e in entries:
+                for bid, lv, key, val in e.keys:
+                    if lv == level:
+                        bt.apply_interior(bid, lv, key, val, e.seq)
+        self._mark_used_regions()
+        for e in entries:
+            seq = e.seq
+            for bid, lv, key, val in e.keys:
+                if lv:
+                    continue
+                if val:
+                    bt.insert(bid, key, val, seq)
+                else:
+                    bt.delete(bid, key, seq)
+                self.replayed_keys += 1
+            self.replayed_entries += 1
+        # Interior replay pinned nodes level by level: restore pin order.
+        bt.dirty = dict.fromkeys(sorted(bt.dirty, key=lambda n: n.pin_seq))
+        self.counters["journal_replayed_entries"] = self.replayed_entries
+        self.counters["journal_replayed_keys"] = self.replayed_keys
+
+    # ------------------------------------------------------------ transactions
+
+    def trans(self) -> Trans:
+        return Trans(self)
+
+    def add_trigger(self, btree_id: int, fn: Trigger) -> None:
+        self.triggers.setdefault(btree_id, []).append(fn)
+
+    def _run_triggers(self, t: Trans) -> None:
+        done: set[tuple[int, bytes]] = set()
+        rounds = 0
+        while True:
+            todo = [(k, v) for k, v in t.updates.items()
+                    if k not in done and k[0] in self.triggers]
+            if not todo:
+                return
+            rounds += 1
+            assert rounds < 16, "triggers keep adding updates"
+            for (bid, key), new in todo:
+                done.add((bid, key))
+                old = self.btrees.get(bid, key)
+                for fn in self.triggers[bid]:
+                    fn(t, bid, key, old, new)
+
+    def commit(self, t: Trans) -> int:
+        if self.read_only:
+            raise PermissionError("read-only engine")
+        if self.triggers:
+            self._run_triggers(t)
+        ups = t.updates
+        j = self.journal
+        seq = j.reserve(sum(JSET_KEY_SIZE + len(v) if v else JSET_KEY_SIZE
+                            for v in ups.values()))
+        add = j.add
+        bt = self.btrees
+        for (bid, key), val in ups.items():
+            if val is None:
+                add(bid, key, b"")
+                bt.delete(bid, key, seq)
+            else:
+                add(bid, key, val)
+                bt.insert(bid, key, val, seq)
+        self._after_commit()
+        return seq
+
+    def _after_commit(self) -> None:
+        j = self.journal
+        if j.sealed and (not self.background or not j.needs_preflush()):
+            j.write_sealed()
+        if j.fill_ratio() > RECLAIM_WATERMARK:
+            self.reclaim()
+        if j.needs_space():
+            self.make_journal_space()
+        if len(self.btrees.cache) > self.btrees.cache_nodes:
+            self.btrees.maybe_evict()
+
+    # ------------------------------------------------------------ reclaim/flush
+
+    def reclaim(self) -> int:
+        """Write the nodes pinning the oldest half of the live journal."""
+        j = self.journal
+        lo = j.durable_last_seq
+        target = lo + max(1, (j.cur_seq - lo) // 2)
+        return self.btrees.reclaim(target)
+
+    def make_journal_space(self) -> None:
+        """The ring is nearly full: write the oldest pinned nodes and flush."""
+        self.counters["journal_full_waits"] += 1
+        self.reclaim()
+        self.journal.seal(force=True)
+        self.journal.write_sealed()
+        self.journal.device_flush()
+
+    def flush(self) -> int:
+        """Make every committed transaction durable; return the durable seq."""
+        return self.journal.flush()
+
+    def sync_all(self) -> None:
+        """Write every dirty node and flush the journal (sync(2) semantics and more)."""
+        self.btrees.flush_all()
+        self.journal.seal(force=True)
+        self.journal.write_sealed()
+        self.journal.device_flush()
+
+    def close(self, clean: bool = True) -> None:
+        """Unmount: with clean, write everything and mark the superblock clean."""
+        if self.read_only or not clean:
+            self.dev.close()
+            return
+        self.sync_all()
+        sb = self.sb
+        sb.state = SbState.clean
+        sb.clean_journal_seq = self.journal.durable_seq
+        write_superblock(self.dev, sb)
+        self.dev.close()
+
+    # ------------------------------------------------------------ inspection
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out.update({f"dev_{k}": v for k, v in self.dev.counters.items()})
+        j = self.journal
+        out.update(journal_seq=j.cur_seq, journal_durable_seq=j.durable_seq,
+                   journal_last_seq=j.durable_last_seq, journal_free_bytes=j.space_free(),
+                   btree_cache_nodes=len(self.btrees.cache),
+                   btree_dirty_nodes=len(self.btrees.dirty))
+        return out
+
+    def to_text(self) -> str:
+        lines = [self.journal.to_text()]
+        for bid in range(BTREE_ID_NR):
+            r = self.btrees.roots[bid]
+            if r is not None:
+                lines.append(f"{BtreeId(bid).name}: root L{r.level} @{r.offset}")
+        return "\n".join(lines)

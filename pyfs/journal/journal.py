@@ -1,0 +1,231 @@
+"""The journal: a ring of buckets holding checksummed, sequenced entries.
+
+Transactions add their keys to the open entry (sequence `cur_seq`). An entry
+is sealed when it is full, when someone wants durability, or by the flush
+timer; sealing captures the btree roots and `last_seq` (the oldest entry whose
+keys are not all in written btree nodes) consistently with the keys it holds.
+Sealed entries are written in order; a device flush makes every written entry
+durable at once, so every waiter covered by one write + flush shares it
+(group commit).
+
+Ordering: a journal entry may point at btree nodes (roots, pointer changes) or
+advance last_seq past keys that now live only in node writes. So if any node
+was written since the last device flush began, the device is flushed before
+the next entry is written (a preflush, as REQ_PREFLUSH in the kernel).
+
+Space: an entry's space may be overwritten only once a durable entry records
+a last_seq beyond it. When the ring is full the caller reclaims (writes the
+nodes pinning the oldest sequences) and flushes; see Engine.make_journal_space.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from ..format import (
+    BTREE_ID_NR,
+    JSET_HDR_SIZE,
+    JSET_KEY_SIZE,
+    JSET_ROOT_SIZE,
+    pack_jset,
+    pack_jset_key,
+)
+
+COUNTERS = (
+    "journal_writes", "journal_write_bytes", "journal_flushes", "journal_preflushes",
+    "journal_seals", "journal_full_waits", "journal_flush_waiters",
+)
+
+DEFAULT_ENTRY_MAX = 256 * 1024
+
+
+class JournalFull(Exception):
+    """No ring space for the next entry until reclaim advances the tail."""
+
+
+class Journal:
+    def __init__(self, dev, *, start: int, bucket_size: int, nbuckets: int, counters: dict,
+                 roots_fn: Callable[[], list], last_seq_fn: Callable[[int], int],
+                 entry_max: int = DEFAULT_ENTRY_MAX):
+        self.dev = dev
+        self.start = start                  # device byte offset of journal bucket 0
+        self.bucket_size = bucket_size
+        self.ring = bucket_size * nbuckets
+        # Small rings take small entries, so several always fit in the reserve.
+        self.entry_max = max(16 * 1024, min(entry_max, bucket_size, self.ring // 8))
+        self.reserve_bytes = 3 * self.entry_max
+        # Interior pointer changes and roots ride along with any entry: keep room.
+        self.slack = BTREE_ID_NR * JSET_ROOT_SIZE + 64 * (JSET_KEY_SIZE + 32)
+        self.c = counters
+        for name in COUNTERS:
+            counters.setdefault(name, 0)
+        self.roots_fn = roots_fn
+        self.last_seq_fn = last_seq_fn
+        self.on_durable: list[Callable[[int], None]] = []
+        # Ring state, in unwrapped byte positions (ring offset = pos % ring).
+        self.head = 0
+        self.entries: deque[tuple[int, int, int, int]] = deque()  # (seq, pos, size, last_seq)
+        # Sequences.
+        self.cur_seq = 1
+        self.written_seq = 0
+        self.durable_seq = 0
+        self.durable_last_seq = 0
+        # The open entry.
+        self.recs: list[bytes] = []
+        self.nkeys = 0
+        self.nbytes = 0
+        self.sealed: deque[tuple[int, int, bytes]] = deque()  # (seq, last_seq, data)
+        # Node writes issued vs. covered by a completed device flush.
+        self.node_gen = 0
+        self.flushed_node_gen = 0
+
+    # ------------------------------------------------------------ mount state
+
+    def resume(self, entries: list[tuple[int, int, int, int]], head: int, next_seq: int) -> None:
+        """Continue after the entries found at mount: (seq, ring pos, size, last_seq)."""
+        prev = None
+        base = 0
+        self.entries.clear()
+        for seq, pos, size, last in entries:
+            if prev is not None and pos < prev:
+                base += self.ring
+            self.entries.append((seq, base + pos, size, last))
+            prev = pos
+        if self.entries:
+            s, p, z, last = self.entries[-1]
+            self.head = p + z
+            self.durable_last_seq = last
+        else:
+            self.head = head
+        self.cur_seq = next_seq
+        self.written_seq = self.durable_seq = next_seq - 1
+
+    # ------------------------------------------------------------ adding keys
+
+    def reserve(self, nbytes: int) -> int:
+        """Make room in the open entry for nbytes of key records; return its seq."""
+        if self.nbytes + nbytes > self.entry_max - JSET_HDR_SIZE - self.slack and self.nkeys:
+            self.seal()
+        if nbytes > self.entry_max - JSET_HDR_SIZE - self.slack:
+            raise ValueError(f"transaction of {nbytes} bytes exceeds a journal entry")
+        return self.cur_seq
+
+    def add(self, btree_id: int, key: bytes, val: bytes, level: int = 0) -> None:
+        self.recs.append(pack_jset_key(btree_id, level, key, len(val)))
+        self.recs.append(val)
+        self.nkeys += 1
+        self.nbytes += JSET_KEY_SIZE + len(val)
+
+    def add_interior(self, btree_id: int, level: int, key: bytes, val: bytes) -> None:
+        self.add(btree_id, key, val, level)
+
+    def node_written(self) -> None:
+        self.node_gen += 1
+
+    # ------------------------------------------------------------ sealing
+
+    def seal(self, force: bool = False) -> int | None:
+        """Close the open entry (with roots and last_seq as of now); start the next."""
+        if not self.nkeys and not force:
+            return None
+        seq = self.cur_seq
+        last = self.last_seq_fn(seq)
+        data = pack_jset(seq, last, self.roots_fn(), self.nkeys, b"".join(self.recs))
+        self.sealed.append((seq, last, data))
+        self.recs = []
+        self.nkeys = 0
+        self.nbytes = 0
+        self.cur_seq = seq + 1
+        self.c["journal_seals"] += 1
+        return seq
+
+    @property
+    def open_empty(self) -> bool:
+        return not self.nkeys
+
+    # ------------------------------------------------------------ writing
+
+    def needs_preflush(self) -> bool:
+        return self.node_gen != self.flushed_node_gen
+
+    def _place(self, size: int) -> int:
+        pos = self.head
+        if pos % self.bucket_size + size > self.bucket_size:
+            pos += -pos % self.bucket_size
+        tail = self._tail()
+        if tail is not None and pos + size - tail > self.ring:
+            raise JournalFull(f"journal ring full: tail {tail} head {pos} ring {self.ring}")
+        return pos
+
+    def _tail(self) -> int | None:
+        """Position of the oldest entry still needed for replay."""
+        ents = self.entries
+        while ents and ents[0][0] < self.durable_last_seq:
+            ents.popleft()
+        return ents[0][1] if ents else None
+
+    def space_free(self) -> int:
+        """Ring bytes free once the sealed entries are written."""
+        tail = self._tail()
+        used = 0 if tail is None else self.head - tail
+        return self.ring - used - sum(len(d) for _s, _l, d in self.sealed)
+
+    def needs_space(self) -> bool:
+        return self.space_free() < self.reserve_bytes
+
+    def fill_ratio(self) -> float:
+        return 1.0 - self.space_free() / self.ring
+
+    def write_sealed(self) -> int:
+        """Write sealed entries in order (preflushing if nodes were written).
+
+        Raises JournalFull, leaving unwritten entries sealed, if the ring has
+        no room. Returns the last written seq."""
+        if self.sealed and self.needs_preflush():
+            self.device_flush()
+            self.c["journal_preflushes"] += 1
+        while self.sealed:
+            seq, last, data = self.sealed[0]
+            pos = self._place(len(data))
+            self.dev.pwrite(data, self.start + pos % self.ring)
+            self.sealed.popleft()
+            self.entries.append((seq, pos, len(data), last))
+            self.head = pos + len(data)
+            self.written_seq = seq
+            self.c["journal_writes"] += 1
+            self.c["journal_write_bytes"] += len(data)
+        return self.written_seq
+
+    def device_flush(self) -> None:
+        """fdatasync; everything written before it started becomes durable."""
+        gen = self.node_gen
+        wseq = self.written_seq
+        self.dev.flush()
+        self.flush_done(gen, wseq)
+
+    def flush_done(self, node_gen: int, written_seq: int) -> None:
+        self.c["journal_flushes"] += 1
+        self.flushed_node_gen = max(self.flushed_node_gen, node_gen)
+        if written_seq >= self.durable_seq:
+            self.durable_seq = written_seq
+            for seq, _pos, _size, last in reversed(self.entries):
+                if seq <= written_seq:
+                    self.durable_last_seq = max(self.durable_last_seq, last)
+                    break
+            for fn in self.on_durable:
+                fn(written_seq)
+
+    def flush(self) -> int:
+        """Make everything committed so far durable (synchronous). Returns durable seq."""
+        self.seal()
+        self.write_sealed()
+        self.device_flush()
+        return self.durable_seq
+
+    def to_text(self) -> str:
+        return (f"journal: cur_seq {self.cur_seq} written {self.written_seq} durable "
+                f"{self.durable_seq} last_seq {self.durable_last_seq} head {self.head} "
+                f"free {self.space_free()}/{self.ring} open keys {self.nkeys} "
+                f"sealed {len(self.sealed)}")
+

@@ -1,0 +1,161 @@
+"""Finding and validating journal entries at mount.
+
+Entries never cross a bucket boundary, so every journal bucket in use starts
+with an entry. Mount reads one header block per bucket to find the bucket
+holding the newest entries, walks forward from it to the newest valid entry
+E (a torn or bad-checksum entry, or a sequence break, ends the journal
+cleanly), then walks again from the bucket holding E.last_seq to collect the
+entries to replay. Reading is O(buckets) header reads plus the entries
+replayed, not the whole ring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..format import (
+    BLOCK_SIZE,
+    JSET_HDR_SIZE,
+    FormatError,
+    JournalEntry,
+    unpack_jset,
+    unpack_jset_header,
+)
+
+
+class JournalError(Exception):
+    """The journal is damaged in a way that loses durable entries."""
+
+
+@dataclass
+class JournalScan:
+    entries: list[JournalEntry] = field(default_factory=list)   # last_seq .. newest
+    positions: list[int] = field(default_factory=list)          # ring offsets of entries
+    head: int = 0                                               # ring offset after newest
+    end_reason: str = "empty"                                   # why the walk stopped
+    bad_offset: int | None = None                               # offset of a torn/bad entry
+
+    @property
+    def newest(self) -> JournalEntry | None:
+        return self.entries[-1] if self.entries else None
+
+
+class _Reader:
+    def __init__(self, dev, start: int, bucket_size: int, nbuckets: int):
+        self.dev = dev
+        self.start = start
+        self.bsize = bucket_size
+        self.nbuckets = nbuckets
+        self.ring = bucket_size * nbuckets
+        self.cache: dict[int, bytes] = {}
+
+    def bucket(self, b: int) -> bytes:
+        buf = self.cache.get(b)
+        if buf is None:
+            if len(self.cache) > 8:
+                self.cache.clear()
+            buf = self.dev.pread(self.bsize, self.start + b * self.bsize)
+            self.cache[b] = buf
+        return buf
+
+    def first_seqs(self) -> list[tuple[int, int]]:
+        """(seq, bucket) of every bucket whose first block looks like an entry."""
+        out = []
+        for b in range(self.nbuckets):
+            h = unpack_jset_header(self.dev.pread(BLOCK_SIZE, self.start + b * self.bsize), 0)
+            if h is not None:
+                out.append((h[0], b))
+        return out
+
+    def entry_at(self, pos: int) -> JournalEntry | None | FormatError:
+        """The entry at ring offset pos: None if no entry header, an error if damaged."""
+        b, off = divmod(pos, self.bsize)
+        buf = self.bucket(b)
+        if off + JSET_HDR_SIZE > self.bsize:
+            return None
+        h = unpack_jset_header(buf[off:off + JSET_HDR_SIZE], 0)
+        if h is None:
+            return None
+        try:
+            return unpack_jset(buf[off:], self.start + pos)
+        except FormatError as e:
+            return e
+
+    def walk(self, bucket: int):
+        """Yield (pos, entry) of consecutive entries starting at a bucket's first one.
+
+        The walk ends at a sequence break, a torn entry or an empty block;
+        it yields ("end", reason, offset) last."""
+        pos = bucket * self.bsize
+        expect = None
+        visited = 0
+        while visited <= self.ring:
+            e = self.entry_at(pos % self.ring)
+            if isinstance(e, JournalEntry) and (expect is None or e.seq == expect):
+                yield pos % self.ring, e
+                expect = e.seq + 1
+                visited += e.size
+                pos += e.size
+                continue
+            # Nothing (or an older lap) here: the next entry may start the next bucket.
+            nxt = pos + (-pos % self.bsize or self.bsize) if pos % self.bsize else None
+            if nxt is not None and expect is not None:
+                e2 = self.entry_at(nxt % self.ring)
+                if isinstance(e2, JournalEntry) and e2.seq == expect:
+                    visited += nxt - pos
+                    pos = nxt
+                    continue
+                if isinstance(e2, FormatError) and self._claims(nxt, expect):
+                    e = e2
+            if isinstance(e, FormatError) and (expect is None or self._claims(pos, expect)):
+                yield ("end", "bad", e.offset)
+            else:
+                yield ("end", "end", None)
+            return
+        yield ("end", "end", None)
+
+    def _claims(self, pos: int, seq: int) -> bool:
+        b, off = divmod(pos % self.ring, self.bsize)
+        h = unpack_jset_header(self.bucket(b)[off:off + JSET_HDR_SIZE], 0)
+        return h is not None and h[0] == seq
+
+
+def read_journal(dev, start: int, bucket_size: int, nbuckets: int) -> JournalScan:
+    r = _Reader(dev, start, bucket_size, nbuckets)
+    firsts = sorted(r.first_seqs(), reverse=True)
+    scan = JournalScan()
+    newest = None
+    for _seq, b in firsts:
+        last_pos = None
+        for item in r.walk(b):
+            if item[0] == "end":
+                scan.end_reason, scan.bad_offset = item[1], item[2]
+                break
+            last_pos, newest_cand = item
+        if last_pos is not None:
+            newest = newest_cand
+            scan.head = last_pos + newest.size
+            break
+    if newest is None:
+        return scan
+    # Collect last_seq .. newest, starting at the bucket holding last_seq.
+    want = newest.last_seq
+    starts = [b for s, b in sorted(firsts) if s <= want]
+    if not starts:
+        raise JournalError(f"journal: no bucket holds entry {want} (needed for replay)")
+    for item in r.walk(starts[-1]):
+        if item[0] == "end":
+            break
+        pos, e = item
+        if e.seq < want:
+            continue
+        scan.entries.append(e)
+        scan.positions.append(pos)
+        if e.seq == newest.seq:
+            break
+    seqs = [e.seq for e in scan.entries]
+    if seqs != list(range(want, newest.seq + 1)):
+        missing = sorted(set(range(want, newest.seq + 1)) - set(seqs))
+        raise JournalError(f"journal: entries {want}..{newest.seq} incomplete; "
+                           f"missing {missing[:5]}")
+    return scan
