@@ -589,3 +589,115 @@ def _btree_ptr_text(val: bytes) -> str:
 
 
 VALUE_TO_TEXT = {KeyType.btree_ptr: _btree_ptr_text}
+
+
+# --------------------------------------------------------------------------
+# Btree values. Each is a struct whose first byte is its KeyType, declared
+# as a table of (field, struct code); a Record class with pack/unpack/to_text
+# is generated from each table.
+
+class Record:
+    """Base for fixed-layout btree values; subclasses are made by _record()."""
+    __slots__ = ()
+    KEY_TYPE: int
+    FIELDS: tuple[str, ...]
+    STRUCT: struct.Struct
+
+    def __init__(self, *args, **kw):
+        vals = dict(zip(self.FIELDS, args))
+        vals.update(kw)
+        for f in self.FIELDS:
+            object.__setattr__(self, f, vals.get(f, 0))
+        object.__setattr__(self, "tail", vals.get("tail", b""))
+
+    def pack(self) -> bytes:
+        return self.STRUCT.pack(self.KEY_TYPE, *(getattr(self, f) for f in self.FIELDS)) + self.tail
+
+    @classmethod
+    def unpack(cls, val: bytes):
+        n = cls.STRUCT.size
+        if len(val) < n or val[0] != cls.KEY_TYPE:
+            raise FormatError(f"{cls.__name__}: malformed value ({len(val)} bytes, "
+                              f"type {val[0] if val else None})")
+        obj = cls.__new__(cls)
+        for f, v in zip(cls.FIELDS, cls.STRUCT.unpack_from(val)[1:]):
+            object.__setattr__(obj, f, v)
+        object.__setattr__(obj, "tail", val[n:])
+        return obj
+
+    def replace(self, **kw):
+        obj = self.__class__.__new__(self.__class__)
+        for f in self.FIELDS + ("tail",):
+            object.__setattr__(obj, f, kw.get(f, getattr(self, f)))
+        return obj
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.pack() == other.pack()
+
+    def to_text(self) -> str:
+        parts = [f"{f}={getattr(self, f)}" for f in self.FIELDS]
+        if self.tail:
+            parts.append(f"tail={self.tail[:32]!r}")
+        return " ".join(parts)
+
+    __repr__ = to_text
+
+
+def _record(name: str, key_type: int, table: list[tuple[str, str]], size: int) -> type[Record]:
+    fmt = "<B" + "".join(code for _, code in table)
+    st = struct.Struct(fmt)
+    assert struct.calcsize(fmt) == size, (name, struct.calcsize(fmt))
+    fields_ = tuple(f for f, _ in table)
+    cls = type(name, (Record,), {"__slots__": fields_ + ("tail",), "KEY_TYPE": key_type,
+                                 "FIELDS": fields_, "STRUCT": st, "SIZE": size})
+    VALUE_TO_TEXT[key_type] = lambda v, c=cls: c.unpack(v).to_text()
+    return cls
+
+
+# Inode: key (inum, 0). A symlink's target follows the struct as its tail.
+INODE_TABLE = [
+    ("mode", "I"), ("uid", "I"), ("gid", "I"), ("nlink", "I"), ("flags", "I"),
+    ("size", "Q"), ("blocks", "Q"), ("atime_ns", "q"), ("mtime_ns", "q"),
+    ("ctime_ns", "q"), ("btime_ns", "q"), ("generation", "Q"), ("rdev", "Q"),
+    ("parent", "Q"),
+]
+Inode = _record("Inode", KeyType.inode, INODE_TABLE, 93)
+
+# Dirent: key (dir inum, name hash slot). The name is the tail.
+DIRENT_TABLE = [("inum", "Q"), ("d_type", "B"), ("hash", "Q")]
+Dirent = _record("Dirent", KeyType.dirent, DIRENT_TABLE, 18)
+
+# Extent: key (inum, first file block). Data lives in one checksummed region
+# of a single bucket; the extent covers nblocks of it starting live_offset
+# blocks in (a split extent keeps its region and checksum).
+EXTENT_TABLE = [
+    ("dev_offset", "Q"),      # byte offset of the checksummed region
+    ("region_blocks", "I"),   # region length in 4 KiB blocks
+    ("csum", "Q"),            # xxh3_64 of the region's bytes
+    ("live_offset", "I"),     # first live block within the region
+    ("nblocks", "I"),         # live length in blocks
+    ("gen", "I"),             # bucket generation when written; stale if it differs
+]
+Extent = _record("Extent", KeyType.extent, EXTENT_TABLE, 33)
+
+# Xattr: key (inum, name hash slot). Tail: name then value.
+XATTR_TABLE = [("name_len", "B"), ("hash", "Q")]
+Xattr = _record("Xattr", KeyType.xattr, XATTR_TABLE, 10)
+
+# Alloc key: key (0, bucket). One per bucket that is not plain free.
+ALLOC_FLAG_TABLE = [("need_discard", 0), ("need_inc_gen", 1)]
+AllocFlag = _make_enum("AllocFlag", ALLOC_FLAG_TABLE)
+ALLOC_TABLE = [
+    ("gen", "I"), ("data_type", "B"), ("flags", "B"), ("dirty_sectors", "I"),
+    ("cached_sectors", "I"), ("journal_seq", "Q"),
+]
+Alloc = _record("Alloc", KeyType.alloc, ALLOC_TABLE, 23)
+
+# Backpointer: key (bucket, byte offset in bucket) -> what lives there.
+BACKPOINTER_TABLE = [
+    ("btree_id", "B"), ("level", "B"), ("pos", "16s"), ("length", "I"), ("gen", "I"),
+]
+Backpointer = _record("Backpointer", KeyType.backpointer, BACKPOINTER_TABLE, 27)
+
+# Opaque test payloads.
+VALUE_TO_TEXT.setdefault(KeyType.raw, lambda v: f"{len(v) - 1} bytes")

@@ -457,7 +457,7 @@ def test_jset_header_probe():
 
 def test_value_to_text():
     assert F.value_to_text(b"") == "whiteout"
-    assert F.value_to_text(bytes([F.KeyType.raw]) + b"\x01") == "raw 01"
+    assert F.value_to_text(bytes([F.KeyType.raw]) + b"\x01") == "raw 1 bytes"
     assert "bytes" in F.value_to_text(bytes([F.KeyType.raw]) + bytes(100))
     assert F.value_to_text(b"\xee").startswith("type238")
 
