@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from .alloc.interim import InterimNodeSpace
+from .alloc.interim import InterimSpace
 from .btree.tree import BtreeSet
 from .format import (
     BTREE_ID_NR,
@@ -56,9 +56,10 @@ class Engine:
         self.warnings += warns
         sb = self.sb
         self.node_size = sb.btree_node_size
-        data_start = sb.first_data_bucket * sb.bucket_size
-        data_end = min(sb.nbuckets * sb.bucket_size, sb.backup_offset) // sb.bucket_size * sb.bucket_size
-        self.space = InterimNodeSpace(data_start, data_end, self.node_size)
+        end_bucket = min(sb.nbuckets, sb.backup_offset // sb.bucket_size)
+        self.space = InterimSpace(sb.first_data_bucket, end_bucket, sb.bucket_size,
+                                  self.node_size)
+        self.alloc = self.space
         self.journal = Journal(dev, start=sb.journal_bucket * sb.bucket_size,
                                bucket_size=sb.bucket_size, nbuckets=sb.journal_nbuckets,
                                counters=self.counters, roots_fn=self._roots,
@@ -106,6 +107,7 @@ class Engine:
                 if self.btrees.roots[bid] is None:
                     self.btrees.new_root(bid)
         self._replay(scan)
+        self._mark_used_data()
         if not self.read_only:
             sb.state = SbState.dirty
             sb.mount_count += 1
@@ -127,6 +129,14 @@ class Engine:
                     self.space.mark_used(unpack_btree_ptr(v)[0])
                     if node.level > 1:
                         stack.append(self.btrees._child(node, k))
+
+    def _mark_used_data(self) -> None:
+        from .format import BtreeId as _B
+        from .format import Extent
+        for _k, v in self.btrees.iter(_B.extents):
+            if v[0] == Extent.KEY_TYPE:
+                e = Extent.unpack(v)
+                self.space.mark_data(e.dev_offset, e.region_blocks * 4096)
 
     def _replay(self, scan: JournalScan) -> None:
         entries = scan.entries
