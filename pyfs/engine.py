@@ -245,6 +245,23 @@ class Engine:
         """Make every committed transaction durable; return the durable seq."""
         return self.journal.flush()
 
+    async def flush_async(self, run_sync) -> int:
+        """flush() for an event loop: device flushes go through run_sync (e.g.
+        trio.to_thread.run_sync) so other operations proceed meanwhile.
+        Everything committed before the call is durable when it returns."""
+        j = self.journal
+        j.seal()
+        while j.sealed and j.needs_preflush():
+            gen, wseq = j.node_gen, j.written_seq
+            await run_sync(self.dev.flush)
+            j.flush_done(gen, wseq)
+            self.counters["journal_preflushes"] += 1
+        j.write_sealed()
+        gen, wseq = j.node_gen, j.written_seq
+        await run_sync(self.dev.flush)
+        j.flush_done(gen, wseq)
+        return j.durable_seq
+
     def sync_all(self) -> None:
         """Write every dirty node and flush the journal (sync(2) semantics and more)."""
         self.btrees.flush_all()

@@ -67,9 +67,10 @@ def _human(n: int) -> str:
 
 
 def default_bucket_size(device_size: int) -> int:
-    # ~512K buckets at most on big devices keeps per-bucket metadata bounded;
-    # small devices still get buckets big enough for a btree node.
-    return _clamp(_next_pow2(device_size >> 19), MIN_BUCKET_SIZE, MAX_BUCKET_SIZE)
+    # About 4096 buckets on small devices, so from 1 GiB up a bucket holds a
+    # full 256 KiB btree node (and so a 64 KiB xattr value); capped at 2 MiB,
+    # which bounds a 1 TiB device to 512K buckets.
+    return _clamp(_next_pow2(device_size >> 12), MIN_BUCKET_SIZE, MAX_BUCKET_SIZE)
 
 
 def _check_bucket_size(bucket_size: int) -> None:

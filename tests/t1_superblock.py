@@ -187,10 +187,10 @@ def test_sb_field_layout_covers_struct():
 
 def test_layout_defaults_for_1_gib():
     lay = choose_layout(GiB)
-    assert lay["bucket_size"] == 128 << 10 and lay["btree_node_size"] == 128 << 10
-    assert lay["nbuckets"] == 8192
-    assert lay["journal_bucket"] == 1 and lay["journal_nbuckets"] == 64    # 8 MiB
-    assert lay["first_data_bucket"] == 65 and lay["group_buckets"] == 128
+    assert lay["bucket_size"] == 256 << 10 and lay["btree_node_size"] == 256 << 10
+    assert lay["nbuckets"] == 4096
+    assert lay["journal_bucket"] == 1 and lay["journal_nbuckets"] == 32    # 8 MiB
+    assert lay["first_data_bucket"] == 33 and lay["group_buckets"] == 64
     assert lay["backup_sb_offset"] == GiB - BLOCK_SIZE
 
 
@@ -203,8 +203,8 @@ def test_layout_defaults_for_1_tib():
 
 
 @pytest.mark.parametrize("size,bucket", [
-    (4 * MiB, 128 << 10), (64 * GiB, 128 << 10), (65 * GiB, 256 << 10),
-    (300 * GiB, 1 << 20), (16 * TiB, 2 * MiB)])
+    (4 * MiB, 128 << 10), (512 * MiB, 128 << 10), (513 * MiB, 256 << 10),
+    (3 * GiB, 1 << 20), (8 * GiB, 2 * MiB), (16 * TiB, 2 * MiB)])
 def test_bucket_size_scales_and_clamps(size, bucket):
     assert choose_layout(size)["bucket_size"] == bucket
 
@@ -226,7 +226,7 @@ def test_layout_explicit_sizes():
     (dict(bucket_size=300 << 10), "power of two"),
     (dict(bucket_size=64 << 10), "between 128 KiB and 2 MiB"),
     (dict(bucket_size=4 * MiB), "between 128 KiB and 2 MiB"),
-    (dict(btree_node_size=256 << 10), "btree node size"),           # > 128K bucket
+    (dict(btree_node_size=512 << 10), "btree node size"),           # > 256K bucket
     (dict(btree_node_size=8 << 10), "btree node size"),
     (dict(btree_node_size=48 << 10), "btree node size"),
 ])

@@ -75,7 +75,8 @@ class BtreeSet:
         self.write_buffer = write_buffer or node_size // 2
         self.split_bytes = node_size * 3 // 4 - NODE_HDR_SIZE
         self.merge_bytes = node_size // 8
-        self.max_value = node_size // 4
+        # A value must fit a node whatever it is split beside.
+        self.max_value = node_size // 2 - 4096
         self.cache_nodes = max(cache_nodes, 16)
         self.roots: list[Node | None] = [None] * BTREE_ID_NR
         self.cache: dict[bytes, Node] = {}
