@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import time
 
-from .alloc.interim import InterimSpace
+from .alloc.foreground import Allocator, NoSpace  # noqa: F401  (re-exported)
 from .btree.tree import BtreeSet
 from .format import (
     BTREE_ID_NR,
     JSET_KEY_SIZE,
     BtreeId,
     SbState,
-    unpack_btree_ptr,
 )
 from .journal.journal import Journal
 from .journal.read import JournalScan, read_journal
@@ -40,7 +39,8 @@ class MountError(Exception):
 
 class Engine:
     def __init__(self, dev, *, write_buffer: int | None = None, cache_nodes: int = 512,
-                 read_only: bool = False, background: bool = False):
+                 read_only: bool = False, background: bool = False, backpointers: bool = True,
+                 discard: bool = True):
         self.dev = dev
         self.read_only = read_only
         # With a background flusher (the mount daemon), commits leave journal
@@ -56,17 +56,20 @@ class Engine:
         self.warnings += warns
         sb = self.sb
         self.node_size = sb.btree_node_size
-        end_bucket = min(sb.nbuckets, sb.backup_offset // sb.bucket_size)
-        self.space = InterimSpace(sb.first_data_bucket, end_bucket, sb.bucket_size,
-                                  self.node_size)
-        self.alloc = self.space
         self.journal = Journal(dev, start=sb.journal_bucket * sb.bucket_size,
                                bucket_size=sb.bucket_size, nbuckets=sb.journal_nbuckets,
                                counters=self.counters, roots_fn=self._roots,
                                last_seq_fn=self._last_seq)
-        self.journal.on_durable.append(self.space.durable)
-        self.btrees = BtreeSet(dev, self.node_size, self.space, self.journal, self.counters,
+        self.btrees = BtreeSet(dev, self.node_size, None, self.journal, self.counters,
                                write_buffer=write_buffer, cache_nodes=cache_nodes)
+        self.alloc = Allocator(sb, self.btrees, self.journal, dev, self.counters,
+                               backpointers=backpointers)
+        self.alloc.state.discard_enabled = discard
+        self.alloc.on_need_space = self._need_space
+        self.btrees.space = self.alloc
+        self.journal.on_durable.append(self.alloc.durable)
+        self.add_trigger(BtreeId.extents, self.alloc.extent_trigger)
+        self.commit_hooks = [self.alloc.commit_hook]
         self.replayed_keys = 0
         self.replayed_entries = 0
         self._mount()
@@ -77,8 +80,8 @@ class Engine:
         return self.btrees.root_records()
 
     def _last_seq(self, seq: int) -> int:
-        pin = self.btrees.oldest_pin()
-        return min(pin, seq) if pin else seq
+        pins = [p for p in (self.btrees.oldest_pin(), self.alloc.state.oldest_pin()) if p]
+        return min(pins + [seq])
 
     def _mount(self) -> None:
         sb = self.sb
@@ -101,42 +104,23 @@ class Engine:
         if newest is not None:
             for bid, level, offset, node_seq in newest.roots:
                 self.btrees.set_root(bid, level, offset, node_seq)
-        self._mark_used_regions()
+        # The allocator works before replay: alloc keys in the btree overlaid
+        # with the newer ones in the journal.
+        overlay = {int.from_bytes(k[8:], "big"): v for e in scan.entries
+                   for bid, lv, k, v in e.keys if bid == BtreeId.alloc and not lv and v}
+        self.alloc.build(overlay, j.durable_seq)
         if not self.read_only:
             for bid in range(BTREE_ID_NR):
                 if self.btrees.roots[bid] is None:
                     self.btrees.new_root(bid)
         self._replay(scan)
-        self._mark_used_data()
+        self.alloc.mount_done()
         if not self.read_only:
+            self.alloc.apply_deferred(j.cur_seq)
             sb.state = SbState.dirty
             sb.mount_count += 1
             sb.mtime_ns = time.time_ns()
             write_superblock(self.dev, sb)
-
-    def _mark_used_regions(self) -> None:
-        """Tell the interim allocator which regions the tree references."""
-        for bid in range(BTREE_ID_NR):
-            root = self.btrees.roots[bid]
-            if root is None:
-                continue
-            self.space.mark_used(root.offset)
-            stack = [root] if root.level else []
-            while stack:
-                node = stack.pop()
-                keys, vals = node.merged()
-                for k, v in zip(keys, vals):
-                    self.space.mark_used(unpack_btree_ptr(v)[0])
-                    if node.level > 1:
-                        stack.append(self.btrees._child(node, k))
-
-    def _mark_used_data(self) -> None:
-        from .format import BtreeId as _B
-        from .format import Extent
-        for _k, v in self.btrees.iter(_B.extents):
-            if v[0] == Extent.KEY_TYPE:
-                e = Extent.unpack(v)
-                self.space.mark_data(e.dev_offset, e.region_blocks * 4096)
 
     def _replay(self, scan: JournalScan) -> None:
         entries = scan.entries
@@ -151,7 +135,6 @@ class Engine:
                 for bid, lv, key, val in e.keys:
                     if lv == level:
                         bt.apply_interior(bid, lv, key, val, e.seq)
-        self._mark_used_regions()
         for e in entries:
             seq = e.seq
             for bid, lv, key, val in e.keys:
@@ -210,6 +193,9 @@ class Engine:
             else:
                 add(bid, key, val)
                 bt.insert(bid, key, val, seq)
+        for hook in self.commit_hooks:
+            hook(t, seq)
+        self.alloc.apply_deferred(seq)
         self._after_commit()
         return seq
 
@@ -223,6 +209,9 @@ class Engine:
             self.make_journal_space()
         if len(self.btrees.cache) > self.btrees.cache_nodes:
             self.btrees.maybe_evict()
+            self.alloc.apply_deferred(j.cur_seq)
+        if self.alloc.state.discard_ready and not self.background:
+            self.alloc.state.do_discards()
 
     # ------------------------------------------------------------ reclaim/flush
 
@@ -231,7 +220,15 @@ class Engine:
         j = self.journal
         lo = j.durable_last_seq
         target = lo + max(1, (j.cur_seq - lo) // 2)
-        return self.btrees.reclaim(target)
+        self.alloc.state.flush_cache(target)
+        n = self.btrees.reclaim(target)
+        self.alloc.apply_deferred(j.cur_seq)
+        return n
+
+    def _need_space(self) -> None:
+        """Allocation found nothing free but buckets wait on the journal: flush."""
+        self.flush()
+        self.alloc.state.do_discards()
 
     def make_journal_space(self) -> None:
         """The ring is nearly full: write the oldest pinned nodes and flush."""
@@ -264,7 +261,14 @@ class Engine:
 
     def sync_all(self) -> None:
         """Write every dirty node and flush the journal (sync(2) semantics and more)."""
-        self.btrees.flush_all()
+        st = self.alloc.state
+        for _ in range(16):
+            st.flush_cache()
+            self.alloc.apply_deferred(self.journal.cur_seq)
+            self.btrees.flush_all()
+            self.alloc.apply_deferred(self.journal.cur_seq)
+            if not st.cache and not self.btrees.dirty and not self.alloc.pending_bp:
+                break
         self.journal.seal(force=True)
         self.journal.write_sealed()
         self.journal.device_flush()
@@ -274,7 +278,12 @@ class Engine:
         if self.read_only or not clean:
             self.dev.close()
             return
+        self.alloc.release_all()
         self.sync_all()
+        # A last, keyless entry: the next mount finds nothing to replay.
+        self.journal.seal(force=True)
+        self.journal.write_sealed()
+        self.journal.device_flush()
         sb = self.sb
         sb.state = SbState.clean
         sb.clean_journal_seq = self.journal.durable_seq
@@ -290,7 +299,10 @@ class Engine:
         out.update(journal_seq=j.cur_seq, journal_durable_seq=j.durable_seq,
                    journal_last_seq=j.durable_last_seq, journal_free_bytes=j.space_free(),
                    btree_cache_nodes=len(self.btrees.cache),
-                   btree_dirty_nodes=len(self.btrees.dirty))
+                   btree_dirty_nodes=len(self.btrees.dirty),
+                   bounces=self.counters.get("alloc_bounces", 0),
+                   discards=self.counters.get("discards", 0))
+        out.update({f"alloc_{k}": v for k, v in self.alloc.usage().items()})
         return out
 
     def to_text(self) -> str:

@@ -20,10 +20,11 @@ Trigger = Callable[["Trans", int, bytes, "bytes | None", "bytes | None"], None]
 
 
 class Trans:
-    __slots__ = ("engine", "updates")
+    __slots__ = ("engine", "updates", "extra")
 
     def __init__(self, engine):
         self.engine = engine
+        self.extra: dict = {}           # state gathered by triggers for commit hooks
         # (btree_id, key) -> new value, or None for a delete; last update wins.
         self.updates: dict[tuple[int, bytes], bytes | None] = {}
 

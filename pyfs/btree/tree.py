@@ -159,7 +159,7 @@ class BtreeSet:
                 for r in self.roots if r is not None]
 
     def _new_node(self, btree_id: int, level: int, min_key: bytes, max_key: bytes) -> Node:
-        offset = self.space.alloc_node()
+        offset = self.space.alloc_node(btree_id, level, min_key)
         node_seq = int.from_bytes(os.urandom(8), "little") | 1
         ptr = pack_btree_ptr(offset, node_seq)
         node = Node(btree_id, level, min_key, max_key, offset, node_seq, ptr)
@@ -198,6 +198,8 @@ class BtreeSet:
     # ------------------------------------------------------------ lookups
 
     def get(self, btree_id: int, key: bytes) -> bytes | None:
+        if self.roots[btree_id] is None:
+            return None         # not created yet (mount of a fresh image)
         return self.leaf(btree_id, key).get(key)
 
     def iter(self, btree_id: int, start: bytes = ZERO_KEY, end: bytes = MAX_KEY,
@@ -207,6 +209,8 @@ class BtreeSet:
         Each leaf's slice is copied before it is yielded, so callers may update
         the tree while iterating; they see the leaves after the current one as
         they are when reached."""
+        if self.roots[btree_id] is None:
+            return
         while True:
             node = self.leaf(btree_id, start)
             yield from node.items(start, min(end, node.max_key))
@@ -427,7 +431,7 @@ class BtreeSet:
         old_offset = node.offset
         if self.cache.get(node.ptr) is node:
             del self.cache[node.ptr]
-        node.offset = self.space.alloc_node()
+        node.offset = self.space.alloc_node(node.btree_id, node.level, node.min_key)
         node.node_seq = int.from_bytes(os.urandom(8), "little") | 1
         node.ptr = pack_btree_ptr(node.offset, node.node_seq)
         self.cache[node.ptr] = node
