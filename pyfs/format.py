@@ -455,11 +455,11 @@ def unpack_btree_ptr(val: bytes) -> tuple[int, int]:
 # btree roots, then the keys of the transactions the entry commits.
 
 JOURNAL_MAGIC = b"PYFSJRNL"
-JSET_HDR_FMT = "<8sHHQQIIIQ"
-JSET_HDR_FIELDS = ("magic", "version", "flags", "seq", "last_seq", "nroots", "nkeys",
-                   "payload_len", "csum")
+JSET_HDR_FMT = "<8sHHQQQIIIQ"
+JSET_HDR_FIELDS = ("magic", "version", "flags", "seq", "last_seq", "flushed_seq", "nroots",
+                   "nkeys", "payload_len", "csum")
 _jset_hdr = struct.Struct(JSET_HDR_FMT)
-JSET_HDR_SIZE = 48
+JSET_HDR_SIZE = 56
 assert struct.calcsize(JSET_HDR_FMT) == JSET_HDR_SIZE
 
 JSET_ROOT_FMT = "<BBQQ16s"  # btree id, level, node offset, node_seq, (reserved)
@@ -482,6 +482,7 @@ class JournalEntry:
     keys: list[tuple[int, int, bytes, bytes]]      # (btree_id, level, key, value)
     size: int = 0                                  # bytes on disk, whole blocks
     offset: int = 0                                # byte offset on the device
+    flushed_seq: int = 0                           # newest seq known durable when sealed
 
     def to_text(self) -> str:
         roots = " ".join(f"{BtreeId(b).name}@{off}/L{lv}" for b, lv, off, _ in self.roots)
@@ -499,13 +500,14 @@ def encode_jset_keys(records) -> bytes:
     return b"".join(out)
 
 
-def pack_jset(seq: int, last_seq: int, roots, nkeys: int, keys_payload: bytes) -> bytes:
+def pack_jset(seq: int, last_seq: int, roots, nkeys: int, keys_payload: bytes,
+              flushed_seq: int = 0) -> bytes:
     """Encode a whole journal entry padded to whole blocks."""
     root_bytes = b"".join(_jset_root.pack(b, lv, off, nseq, bytes(16))
                           for b, lv, off, nseq in roots)
     payload = root_bytes + keys_payload
-    hdr = _jset_hdr.pack(JOURNAL_MAGIC, FORMAT_VERSION, 0, seq, last_seq, len(roots),
-                         nkeys, len(payload), 0)
+    hdr = _jset_hdr.pack(JOURNAL_MAGIC, FORMAT_VERSION, 0, seq, last_seq, flushed_seq,
+                         len(roots), nkeys, len(payload), 0)
     csum = checksum(hdr[:-8], payload)
     raw = hdr[:-8] + struct.pack("<Q", csum) + payload
     return raw + bytes(-len(raw) % BLOCK_SIZE)
@@ -520,7 +522,7 @@ def unpack_jset_header(buf: bytes, offset: int) -> tuple[int, int, int, int, int
     """(seq, last_seq, nroots, nkeys, payload_len, csum) or None if no entry starts here."""
     if len(buf) < JSET_HDR_SIZE:
         return None
-    magic, ver, _fl, seq, last_seq, nroots, nkeys, plen, csum = _jset_hdr.unpack_from(buf)
+    magic, ver, _fl, seq, last_seq, _fs, nroots, nkeys, plen, csum = _jset_hdr.unpack_from(buf)
     if magic != JOURNAL_MAGIC or ver != FORMAT_VERSION:
         return None
     return seq, last_seq, nroots, nkeys, plen, csum
@@ -539,6 +541,9 @@ def unpack_jset(buf: bytes, offset: int) -> JournalEntry:
         raise FormatError("journal entry: checksum mismatch", offset)
     if last_seq > seq:
         raise FormatError("journal entry: last_seq after seq", offset)
+    flushed_seq = _jset_hdr.unpack_from(buf)[5]
+    if flushed_seq and flushed_seq >= seq:
+        raise FormatError("journal entry: flushed_seq not before seq", offset)
     if nroots > BTREE_ID_NR:
         raise FormatError(f"journal entry: {nroots} roots", offset)
     roots = []
@@ -568,7 +573,8 @@ def unpack_jset(buf: bytes, offset: int) -> JournalEntry:
     if pos != plen:
         raise FormatError("journal entry: trailing bytes", offset)
     size = JSET_HDR_SIZE + plen
-    return JournalEntry(seq, last_seq, roots, keys, size + (-size % BLOCK_SIZE), offset)
+    return JournalEntry(seq, last_seq, roots, keys, size + (-size % BLOCK_SIZE), offset,
+                        flushed_seq)
 
 
 def value_to_text(val: bytes) -> str:

@@ -131,7 +131,8 @@ class Journal:
             return None
         seq = self.cur_seq
         last = self.last_seq_fn(seq)
-        data = pack_jset(seq, last, self.roots_fn(), self.nkeys, b"".join(self.recs))
+        data = pack_jset(seq, last, self.roots_fn(), self.nkeys, b"".join(self.recs),
+                         min(self.durable_seq, seq - 1))
         self.sealed.append((seq, last, data))
         self.recs = []
         self.nkeys = 0

@@ -120,7 +120,10 @@ class _Reader:
         return h is not None and h[0] == seq
 
 
-def read_journal(dev, start: int, bucket_size: int, nbuckets: int) -> JournalScan:
+def read_journal(dev, start: int, bucket_size: int, nbuckets: int,
+                 stop_before: int | None = None) -> JournalScan:
+    """Find the journal's valid entries; with stop_before, entries from that seq
+    on are treated as never written (mount drops an unflushed tail this way)."""
     r = _Reader(dev, start, bucket_size, nbuckets)
     firsts = sorted(r.first_seqs(), reverse=True)
     scan = JournalScan()
@@ -130,6 +133,9 @@ def read_journal(dev, start: int, bucket_size: int, nbuckets: int) -> JournalSca
         for item in r.walk(b):
             if item[0] == "end":
                 scan.end_reason, scan.bad_offset = item[1], item[2]
+                break
+            if stop_before is not None and item[1].seq >= stop_before:
+                scan.end_reason, scan.bad_offset = "dropped", item[1].offset
                 break
             last_pos, newest_cand = item
         if last_pos is not None:
