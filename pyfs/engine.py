@@ -32,6 +32,8 @@ from .journal.read import JournalScan, read_journal
 from .superblock import read_superblock, write_superblock
 from .trans import Trans, Trigger
 
+# Journal bytes a trigger may derive from one update (two backpointer changes).
+DERIVED_ESTIMATE = 2 * (JSET_KEY_SIZE + 32)
 # Reclaim starts when the journal ring is this full, and writes nodes pinning
 # the oldest half of the live journal.
 RECLAIM_WATERMARK = 0.5
@@ -207,45 +209,47 @@ class Engine:
     def add_trigger(self, btree_id: int, fn: Trigger) -> None:
         self.triggers.setdefault(btree_id, []).append(fn)
 
-    def _run_triggers(self, t: Trans) -> None:
-        done: set[tuple[int, bytes]] = set()
-        rounds = 0
-        while True:
-            todo = [(k, v) for k, v in t.updates.items()
-                    if k not in done and k[0] in self.triggers]
-            if not todo:
-                return
-            rounds += 1
-            assert rounds < 16, "triggers keep adding updates"
-            for (bid, key), new in todo:
-                done.add((bid, key))
-                old = self.btrees.get(bid, key)
-                for fn in self.triggers[bid]:
-                    fn(t, bid, key, old, new)
-
     def commit(self, t: Trans) -> int:
+        """Journal and apply t's updates, then what its triggers derive, atomically.
+
+        Triggers run after each update is applied, with the old value the
+        apply found (no second lookup). They put derived updates (e.g.
+        backpointers) in t.extra["derived"] and per-bucket deltas for the
+        commit hooks; all of it lands in the same journal entry."""
         if self.read_only:
             raise PermissionError("read-only engine")
-        if self.triggers:
-            self._run_triggers(t)
         ups = t.updates
         j = self.journal
-        seq = j.reserve(sum(JSET_KEY_SIZE + len(v) if v else JSET_KEY_SIZE
-                            for v in ups.values()))
-        add = j.add
-        bt = self.btrees
-        for (bid, key), val in ups.items():
-            if val is None:
-                add(bid, key, b"")
-                bt.delete(bid, key, seq)
-            else:
-                add(bid, key, val)
-                bt.insert(bid, key, val, seq)
+        trig = self.triggers
+        est = 0
+        for (bid, _k), v in ups.items():
+            est += JSET_KEY_SIZE + (len(v) if v else 0) + (DERIVED_ESTIMATE if bid in trig else 0)
+        seq = j.reserve(est)
+        self._apply(t, ups, seq, trig)
+        derived = t.extra.pop("derived", None)
+        if derived:
+            self._apply(t, derived, seq, None)
         for hook in self.commit_hooks:
             hook(t, seq)
         self.alloc.apply_deferred(seq)
         self._after_commit()
         return seq
+
+    def _apply(self, t: Trans, ups: dict, seq: int, trig: dict | None) -> None:
+        add = self.journal.add
+        bt = self.btrees
+        for (bid, key), val in ups.items():
+            if val is None:
+                add(bid, key, b"")
+                old = bt.delete(bid, key, seq)
+            else:
+                add(bid, key, val)
+                old = bt.insert(bid, key, val, seq)
+            if trig:
+                fns = trig.get(bid)
+                if fns:
+                    for fn in fns:
+                        fn(t, bid, key, old, val)
 
     def _after_commit(self) -> None:
         j = self.journal

@@ -263,6 +263,7 @@ class Allocator:
     def extent_trigger(self, t, bid: int, key: bytes, old: bytes | None, new: bytes | None) -> None:
         """Extents btree trigger: per-bucket sector deltas and backpointers."""
         deltas = t.extra.setdefault("alloc", {})
+        derived = t.extra.setdefault("derived", {})
         bs = self.bucket_size
         for val, sign in ((old, -1), (new, 1)):
             if not val or val[0] != KeyType.extent:
@@ -275,11 +276,11 @@ class Allocator:
             if self.backpointers:
                 bk = backpointer_key(b, start - b * bs)
                 if sign > 0:
-                    t.set(BtreeId.backpointers, bk, Backpointer(
+                    derived[(BtreeId.backpointers, bk)] = Backpointer(
                         btree_id=bid, level=0, pos=key, length=e.nblocks * BLOCK_SECTORS,
-                        gen=e.gen).pack())
-                elif (BtreeId.backpointers, bk) not in t.updates:
-                    t.delete(BtreeId.backpointers, bk)
+                        gen=e.gen).pack()
+                else:   # a delete never undoes a set made earlier in this transaction
+                    derived.setdefault((BtreeId.backpointers, bk), None)
 
     def commit_hook(self, t, seq: int) -> None:
         deltas = t.extra.get("alloc")

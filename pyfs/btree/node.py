@@ -124,8 +124,8 @@ class Node:
 
     # ---------------------------------------------------------------- updates
 
-    def insert(self, key: bytes, val: bytes) -> None:
-        """Insert or overwrite key in the newest set."""
+    def insert(self, key: bytes, val: bytes) -> bytes | None:
+        """Insert or overwrite key in the newest set; return the old value."""
         nk = self.nk
         i = bisect_left(nk, key)
         if i < len(nk) and nk[i] == key:
@@ -146,6 +146,7 @@ class Node:
             if len(nk) > NEWEST_SET_MAX:
                 self._start_new_set()
         self.view = None
+        return old
 
     def _old_value(self, key: bytes) -> bytes | None:
         for keys, vals in ((self.ok, self.ov), (self.wk, self.wv)):
@@ -156,14 +157,24 @@ class Node:
 
     def delete(self, key: bytes) -> int:
         """Delete key; say whether it was found and whether it needs a whiteout."""
-        found = False
+        if self.pop(key) is None:
+            return NOT_FOUND
+        return DELETED_WHITEOUT if key in self.whiteouts else DELETED_NO_WHITEOUT
+
+    def pop(self, key: bytes) -> bytes | None:
+        """Delete key and return its live value (None if absent).
+
+        A key live on disk leaves a whiteout in the whiteout area; a key
+        re-inserted after a delete whose whiteout is still pending keeps that
+        whiteout (its old version is on disk)."""
+        found = None
         for keys, vals in ((self.nk, self.nv), (self.ok, self.ov)):
             i = bisect_left(keys, key)
             if i < len(keys) and keys[i] == key:
-                if not found:
+                if found is None:
                     self.live_bytes -= ENTRY_OVERHEAD + len(vals[i])
                     self.nlive -= 1
-                    found = True
+                    found = vals[i]
                 self.dirty_bytes -= ENTRY_OVERHEAD + len(vals[i])
                 del keys[i]
                 del vals[i]
@@ -171,22 +182,16 @@ class Node:
         i = bisect_left(wk, key)
         on_disk = i < len(wk) and wk[i] == key
         if on_disk:
-            if not found:
+            if found is None:
                 self.live_bytes -= ENTRY_OVERHEAD + len(self.wv[i])
                 self.nlive -= 1
-                found = True
+                found = self.wv[i]
             del wk[i]
             del self.wv[i]
-        self.view = None
-        if on_disk:
             self.whiteouts.add(key)
             self.dirty_bytes += ENTRY_OVERHEAD
-            return DELETED_WHITEOUT
-        # A key re-inserted after a delete whose whiteout is still pending keeps
-        # that whiteout: the old version is on disk.
-        if key in self.whiteouts:
-            return DELETED_WHITEOUT if found else NOT_FOUND
-        return DELETED_NO_WHITEOUT if found else NOT_FOUND
+        self.view = None
+        return found
 
     def _start_new_set(self) -> None:
         """Fold the newest set into the older unwritten set and start an empty one."""

@@ -35,7 +35,7 @@ from ..format import (
     unpack_btree_ptr,
 )
 from .io import encode_append, encode_first, parse_node, round_up
-from .node import DELETED_NO_WHITEOUT, ENTRY_OVERHEAD, Node
+from .node import ENTRY_OVERHEAD, Node
 
 COUNTERS = (
     "btree_node_reads", "btree_node_read_bytes",
@@ -243,11 +243,12 @@ class BtreeSet:
             self.dirty[node] = None
         node.max_seq = seq
 
-    def insert(self, btree_id: int, key: bytes, val: bytes, seq: int) -> None:
+    def insert(self, btree_id: int, key: bytes, val: bytes, seq: int) -> bytes | None:
+        """Insert or overwrite; return the previous value."""
         if len(val) > self.max_value:
             raise ValueError(f"value of {len(val)} bytes exceeds the {self.max_value} limit")
         node = self.leaf(btree_id, key)
-        node.insert(key, val)
+        old = node.insert(key, val)
         self.c["btree_updates"] += 1
         if not node.pin_seq:
             node.pin_seq = seq
@@ -257,10 +258,13 @@ class BtreeSet:
             self.split(node)
         elif node.dirty_bytes > self.write_buffer:
             self.write_node(node, "buffer")
+        return old
 
-    def delete(self, btree_id: int, key: bytes, seq: int) -> None:
+    def delete(self, btree_id: int, key: bytes, seq: int) -> bytes | None:
+        """Delete; return the previous value (None if there was none)."""
         node = self.leaf(btree_id, key)
-        if node.delete(key) == DELETED_NO_WHITEOUT:
+        old = node.pop(key)
+        if old is not None and key not in node.whiteouts:
             self.c["btree_whiteouts_avoided"] += 1
         self.c["btree_updates"] += 1
         self._pin(node, seq)
@@ -268,6 +272,7 @@ class BtreeSet:
             self.maybe_merge(node)
         elif node.dirty_bytes > self.write_buffer:
             self.write_node(node, "buffer")
+        return old
 
     def apply_interior(self, btree_id: int, level: int, key: bytes, val: bytes, seq: int) -> None:
         """Replay a journaled pointer change into the node at `level` covering key."""
