@@ -124,7 +124,18 @@ def _open_error(path: str, err: OSError) -> CliError:
 # --------------------------------------------------------------------------
 # Running commands
 
+# Modules whose commands register themselves with @command when imported.
+COMMAND_MODULES = ["pyfs.tools"]
+
+
+def _load_commands() -> None:
+    import importlib
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _load_commands()
     parser = argparse.ArgumentParser(
         prog="pyfs", description="A bcachefs-style filesystem in Python over FUSE.")
     parser.add_argument("--version", action="version", version=version_string())
@@ -170,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def command_main(name: str, argv: Sequence[str] | None = None) -> int:
     """Run one registered command as its own program (mkfs.pyfs IMAGE ...)."""
+    _load_commands()
     cmd = COMMANDS[name]
     parser = argparse.ArgumentParser(prog=cmd.prog, description=cmd.help)
     parser.add_argument("--version", action="version", version=version_string())

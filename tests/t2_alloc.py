@@ -20,6 +20,7 @@ from pyfs.format import (
     pack_key,
 )
 from pyfs.mkfs import format_device
+from pyfs.testing import delete_file, read_file, write_file
 
 EXT = BtreeId.extents
 MAXB = (1 << 64) - 1
@@ -29,40 +30,6 @@ def new_engine(size=32 << 20, **kw) -> Engine:
     dev = MemDevice(size)
     format_device(dev, bucket_size=128 << 10, btree_node_size=32 << 10)
     return Engine(dev, **kw)
-
-
-def write_file(eng: Engine, inum: int, data: bytes, first_block: int = 0) -> None:
-    """Write data as extents the way the fs layer does: allocate, write, commit, release."""
-    blocks = -(-len(data) // BLOCK_SIZE)
-    fb = 0
-    while fb < blocks:
-        off, n, gen, ref = eng.alloc.alloc_data(inum, first_block + fb, blocks - fb)
-        chunk = data[fb * BLOCK_SIZE:(fb + n) * BLOCK_SIZE].ljust(n * BLOCK_SIZE, b"\0")
-        eng.dev.pwrite(chunk, off)
-        t = eng.trans()
-        t.set(EXT, pack_key(inum, first_block + fb),
-              Extent(dev_offset=off, region_blocks=n, csum=checksum(chunk), live_offset=0,
-                     nblocks=n, gen=gen).pack())
-        t.commit()
-        ref.release()
-        fb += n
-
-
-def delete_file(eng: Engine, inum: int) -> None:
-    t = eng.trans()
-    for k, _v in t.iter(EXT, pack_key(inum, 0), pack_key(inum, MAXB)):
-        t.delete(EXT, k)
-    t.commit()
-
-
-def read_file(eng: Engine, inum: int) -> bytes:
-    out = []
-    for _k, v in eng.btrees.iter(EXT, pack_key(inum, 0), pack_key(inum, MAXB)):
-        e = Extent.unpack(v)
-        region = eng.dev.pread(e.region_blocks * BLOCK_SIZE, e.dev_offset)
-        assert checksum(region) == e.csum, f"inode {inum}: extent data overwritten"
-        out.append(region[e.live_offset * BLOCK_SIZE:(e.live_offset + e.nblocks) * BLOCK_SIZE])
-    return b"".join(out)
 
 
 def assert_clean(eng: Engine) -> None:
@@ -235,3 +202,25 @@ def test_seq_gated_reuse_survives_every_crash_state():
     print(f"checked {states} crash states; {dropped} dropped an unflushed journal tail")
     assert states > 50
     assert dropped, "no crash state exercised dropping entries whose data was lost"
+
+
+def test_usage_command(tmp_path, capsys):
+    import json
+
+    from pyfs.cli import main
+    path = str(tmp_path / "u.img")
+    assert main(["mkfs", path, "--size", "64M", "-q"]) == 0
+    eng = Engine(open_device(path))
+    for i in range(10):
+        write_file(eng, 100 + i, os.urandom(50000))
+    eng.close()
+    capsys.readouterr()
+    assert main(["usage", path, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["by_type"]["user"] >= 1 and rep["by_type"]["btree"] >= 1
+    assert rep["live_bytes"] >= 10 * 50000
+    assert main(["usage", path]) == 0
+    assert "Fragmentation" in capsys.readouterr().out
+    (tmp_path / "junk").write_bytes(b"x" * 10000)
+    assert main(["usage", str(tmp_path / "junk")]) == 1
+    assert "not a usable pyfs filesystem" in capsys.readouterr().err
