@@ -107,6 +107,19 @@ class Allocator:
         self.state.overlay = overlay
         self.state.build(self.first, self.end, overlay, durable_seq)
 
+    def rebuild_from_keys(self) -> None:
+        """Rebuild the in-memory state (free-space index, waiting buckets) from the
+        alloc btree, e.g. after fsck rewrote alloc keys. Write points are closed."""
+        self.release_all()
+        st = self.state
+        st.flush_cache()
+        st.waiting.clear()
+        st.discard_ready.clear()
+        st.orphans_at_mount = []
+        self.index.clear_all()
+        st.build(self.first, self.end, {}, self.journal.durable_seq)
+        st.settle_mount()
+
     def mount_done(self) -> None:
         self.state.overlay = None
         self.state.settle_mount()
