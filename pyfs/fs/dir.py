@@ -1,0 +1,124 @@
+"""Hashed name tables: directory entries and xattrs (bcachefs str_hash style).
+
+An entry named N of owner O (a directory, or the inode owning an xattr)
+lives at key (O, slot) where slot is the first free slot at or after
+home = name_hash(N): linear probing. Homes lie in [2**61, 2**62), so slots
+are >= 2 and < 2**63: FUSE readdir offsets are signed 64-bit, 0 means
+"start", and offsets 1 and 2 are left for "." and "..".
+
+Deletion keeps probe chains intact: a slot is emptied only if no live entry
+after it in its run (the occupied slots up to the next empty one) has its
+home at or before it; otherwise it becomes a tombstone (a Dirent with inum 0,
+an Xattr with name_len 0). Emptying a slot also drops the tombstones right
+before it, which nothing can need any more. Entries never move, so a slot is
+a stable readdir position.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import xxhash
+
+from ..format import BtreeId, Dirent, Xattr, pack_key
+
+HOME_BIT = 1 << 61
+DOT_OFFSET = 1          # readdir offset after "."
+DOTDOT_OFFSET = 2       # readdir offset after ".."
+MAX_SLOT = (1 << 63) - 1
+
+_u64 = struct.Struct("<Q")
+
+
+def name_hash(seed: int, name: bytes) -> int:
+    """Home slot of a name: a 61-bit hash with bit 61 set."""
+    return xxhash.xxh3_64_intdigest(name, seed) >> 3 | HOME_BIT
+
+
+class Codec:
+    """How a table's values expose name and home without a full decode."""
+
+    def __init__(self, btree_id: int, name_of: Callable[[bytes], bytes | None],
+                 home_of: Callable[[bytes], int], tombstone: Callable[[int], bytes]):
+        self.btree_id = btree_id
+        self.name_of = name_of          # None for a tombstone
+        self.home_of = home_of
+        self.tombstone = tombstone
+
+
+# Dirent value: type byte, u64 inum, u8 d_type, u64 hash, name.
+_DIRENT_NAME = Dirent.SIZE
+
+
+def _dirent_name(v: bytes) -> bytes | None:
+    return None if v[1:9] == b"\0" * 8 else v[_DIRENT_NAME:]
+
+
+DIRENTS = Codec(
+    BtreeId.dirents, _dirent_name,
+    lambda v: _u64.unpack_from(v, 10)[0],
+    lambda home: Dirent(inum=0, d_type=0, hash=home).pack())
+
+
+# Xattr value: type byte, u8 name_len, u64 hash, name, value.
+_XATTR_NAME = Xattr.SIZE
+
+
+def _xattr_name(v: bytes) -> bytes | None:
+    n = v[1]
+    return v[_XATTR_NAME:_XATTR_NAME + n] if n else None
+
+
+XATTRS = Codec(
+    BtreeId.xattrs, _xattr_name,
+    lambda v: _u64.unpack_from(v, 2)[0],
+    lambda home: Xattr(name_len=0, hash=home).pack())
+
+
+def find(get, codec: Codec, owner: int, home: int, name: bytes
+         ) -> tuple[int | None, bytes | None, int]:
+    """Probe for name: (slot, value) of the match or (None, None), and the slot an
+    insert of name should take (the first tombstone or the terminating empty slot)."""
+    bid = codec.btree_id
+    name_of = codec.name_of
+    slot = home
+    free = None
+    while True:
+        v = get(bid, pack_key(owner, slot))
+        if v is None:
+            return None, None, slot if free is None else free
+        n = name_of(v)
+        if n is None:
+            if free is None:
+                free = slot
+        elif n == name:
+            return slot, v, slot if free is None else free
+        slot += 1
+        if slot > MAX_SLOT:
+            raise OverflowError("hash table probe ran off the key space")
+
+
+def remove(t, codec: Codec, owner: int, slot: int) -> None:
+    """Delete the entry at slot in transaction t, keeping probe chains intact."""
+    bid = codec.btree_id
+    name_of, home_of = codec.name_of, codec.home_of
+    s = slot + 1
+    while True:
+        v = t.get(bid, pack_key(owner, s))
+        if v is None:
+            break
+        if name_of(v) is not None and home_of(v) <= slot:
+            # A later entry probes through this slot: leave a tombstone.
+            old = t.get(bid, pack_key(owner, slot))
+            t.set(bid, pack_key(owner, slot), codec.tombstone(home_of(old)))
+            return
+        s += 1
+    t.delete(bid, pack_key(owner, slot))
+    s = slot - 1
+    while True:
+        v = t.get(bid, pack_key(owner, s))
+        if v is None or name_of(v) is not None:
+            return
+        t.delete(bid, pack_key(owner, s))
+        s -= 1
