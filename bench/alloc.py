@@ -10,7 +10,9 @@
    bottom bitmap; build under 1 s per TB).
 3. aging: fill the device several times over with creates, deletes and
    rewrites; report average bounces per allocation, extents per file,
-   discards, and an fsck-style consistency check at the end.
+   discards, copygc throughput (MiB moved per second) and write
+   amplification ((user bytes + bytes copygc moved) / user bytes), and an
+   fsck-style consistency check at the end.
 Last line: JSON.
 """
 
@@ -120,6 +122,11 @@ def aging(size: int, rounds: int, seed: int = 1) -> dict:
         "max_extents_per_file": max(exts, default=0),
         "discards": c["discards"], "buckets_emptied": c["alloc_buckets_emptied"],
         "alloc_journal_waits": c["alloc_journal_waits"], "consistency_problems": len(problems),
+        "copygc_buckets_evacuated": c["copygc_buckets_evacuated"],
+        "copygc_mib_moved": round(c["copygc_bytes_moved"] / (1 << 20), 2),
+        "copygc_mib_per_s": round(c["copygc_bytes_moved"] / (1 << 20)
+                                  / max(c["copygc_ns"] / 1e9, 1e-9), 1),
+        "write_amplification": round((written + c["copygc_bytes_moved"]) / written, 3),
     }
     eng.close()
     return out

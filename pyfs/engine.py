@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from .alloc.copygc import Copygc
 from .alloc.foreground import Allocator, NoSpace  # noqa: F401  (re-exported)
 from .btree.tree import BtreeSet
 from .format import (
@@ -72,6 +73,8 @@ class Engine:
                                backpointers=backpointers)
         self.alloc.state.discard_enabled = discard
         self.alloc.on_need_space = self._need_space
+        self.copygc = Copygc(self)
+        self.alloc.on_low_space = self._low_space
         self.btrees.space = self.alloc
         self.journal.on_durable.append(self.alloc.durable)
         self.add_trigger(BtreeId.extents, self.alloc.extent_trigger)
@@ -275,6 +278,21 @@ class Engine:
         self.alloc.state.flush_cache(target)
         n = self.btrees.reclaim(target)
         self.alloc.apply_deferred(j.cur_seq)
+        return n
+
+    def _low_space(self) -> None:
+        """Allocation is down to the reserves: move data out of fragmented buckets
+        (synchronously: resource exhaustion) and make the emptied buckets reusable."""
+        if self.copygc.run():
+            self._need_space()
+        elif self.alloc.state.waiting or self.alloc.state.discard_ready:
+            self._need_space()
+
+    def maybe_copygc(self, max_buckets: int = 4) -> int:
+        """Background step (mount daemon): copygc when free buckets run low."""
+        if not self.copygc.wanted():
+            return 0
+        n = self.copygc.run(max_buckets)
         return n
 
     def _need_space(self) -> None:

@@ -46,9 +46,13 @@ def file_extents(eng, inum: int) -> list[Extent]:
 
 
 def read_file(eng, inum: int) -> bytes:
-    """Read a file's extents back, verifying each region's checksum."""
+    """Read a file's extents back (contiguous files), verifying checksums."""
     out = []
+    bs = eng.sb.bucket_size
     for e in file_extents(eng, inum):
+        if eng.alloc.state.is_stale(e.dev_offset // bs, e.gen):
+            out.append(bytes(e.nblocks * BLOCK_SIZE))   # stale pointer: reads as absent
+            continue
         region = eng.dev.pread(e.region_blocks * BLOCK_SIZE, e.dev_offset)
         if checksum(region) != e.csum:
             raise OSError(5, f"inode {inum}: extent data checksum mismatch")

@@ -59,6 +59,7 @@ class BucketState:
         self.open_refs: dict[int, int] = {}         # bucket -> writers holding it open
         self.discard_enabled = True
         self.orphans_at_mount: list[int] = []
+        self.frag = Fragmentation(bucket_size // 512)
         # During mount: alloc keys journaled but not yet replayed into the btree.
         self.overlay: dict[int, bytes] | None = None
 
@@ -81,6 +82,7 @@ class BucketState:
         ent = self.cache.get(b)
         self.cache[b] = (a, ent[1] if ent is not None else seq)
         self.c["alloc_key_updates"] += 1
+        self.frag.update(b, a, b in self.open_refs)
 
     def oldest_pin(self) -> int:
         for _a, pin in self.cache.values():
@@ -137,11 +139,26 @@ class BucketState:
     def close_bucket(self, b: int) -> None:
         """An open bucket's last writer is done: empty it if nothing lives there."""
         a = self.get(b)
+        self.frag.update(b, a, False)
         if not a.dirty_sectors and a.data_type != DataType.need_discard:
             if a.data_type == DataType.free:
                 self.index.set_free(b)  # nothing was ever committed here: straight back
                 return
             self._emptied(b, a)
+
+    def invalidate_cached(self, b: int) -> bool:
+        """Drop a bucket of cached data by bumping its generation (seed 001):
+        every pointer into it turns stale at once. It then waits on the journal
+        like any emptied bucket, so a crash cannot revive the old generation
+        after the bucket was reused."""
+        a = self.get(b)
+        if a.data_type != DataType.cached or a.dirty_sectors or b in self.open_refs:
+            return False
+        self._emptied(b, a.replace(cached_sectors=0))
+        return True
+
+    def is_stale(self, bucket: int, gen: int) -> bool:
+        return self.get(bucket).gen != gen
 
     # ------------------------------------------------------------ reuse
 
@@ -199,6 +216,7 @@ class BucketState:
             return
         if a.data_type == DataType.free:
             return
+        self.frag.update(b, a, False)
         self.index.set_used(b)
         if a.flags & NEED_DISCARD:
             heapq.heappush(self.waiting, (a.journal_seq, b))
@@ -210,3 +228,45 @@ class BucketState:
         for b in self.orphans_at_mount:
             self._emptied(b, self.get(b))
         self.orphans_at_mount = []
+
+
+class Fragmentation:
+    """Partly used, closed user buckets ordered by live sectors (fewest first).
+
+    Kept up to date on every alloc key change (and seeded at mount from the
+    keys read to build the free-space index), so copygc never scans buckets.
+    A heap with lazy deletion: entries are checked against `live` when popped."""
+
+    def __init__(self, bucket_sectors: int):
+        self.bucket_sectors = bucket_sectors
+        self.live: dict[int, int] = {}
+        self.heap: list[tuple[int, int]] = []
+
+    def update(self, b: int, a: Alloc, is_open: bool) -> None:
+        s = a.dirty_sectors
+        if (a.data_type == DataType.user and 0 < s < self.bucket_sectors and not is_open):
+            if self.live.get(b) != s:
+                self.live[b] = s
+                heapq.heappush(self.heap, (s, b))
+                if len(self.heap) > 4 * len(self.live) + 1024:
+                    self.heap = [(v, k) for k, v in self.live.items()]
+                    heapq.heapify(self.heap)
+        else:
+            self.live.pop(b, None)
+
+    def pop_emptiest(self) -> tuple[int, int] | None:
+        """Remove and return (live sectors, bucket) of the emptiest candidate."""
+        heap = self.heap
+        while heap:
+            s, b = heapq.heappop(heap)
+            if self.live.get(b) == s:
+                return s, b
+        return None
+
+    def push(self, s: int, b: int) -> None:
+        """Put back a candidate copygc could not evacuate now."""
+        heapq.heappush(self.heap, (s, b))
+
+    def reclaimable_sectors(self) -> int:
+        """Dead sectors in partly used buckets: what copygc could free."""
+        return len(self.live) * self.bucket_sectors - sum(self.live.values())

@@ -97,9 +97,14 @@ class Allocator:
         self.data_wps: OrderedDict[int, WritePoint] = OrderedDict()
         self.btree_wp: OpenBucket | None = None
         self.pending_bp: list[tuple[bytes, bytes | None]] = []
-        # Buckets kept back for btree nodes so that deletes can always commit.
+        # Buckets kept back for btree nodes so that deletes can always commit,
+        # and above that for copygc, so it can always make room.
         self.reserve = max(4, (self.end - self.first) // 64)
+        self.copygc_reserve = max(2, (self.end - self.first) // 128)
+        self.copygc_wp = WritePoint()
         self.on_need_space = None   # engine: flush the journal so waiting buckets free up
+        self.on_low_space = None    # engine: run copygc
+        self.low_space_mark = 0     # free buckets below which on_low_space runs
 
     # ------------------------------------------------------------ mount
 
@@ -138,28 +143,43 @@ class Allocator:
         self.state.open_refs.pop(ob.bucket, None)
         self.state.close_bucket(ob.bucket)
 
-    def _find(self, inum: int, goal: int, *, data: bool) -> int:
-        for attempt in range(2):
-            if data and self.index.count <= self.reserve:
-                b = None
-            else:
+    def _find(self, inum: int, goal: int, *, data: bool, copygc: bool = False) -> int:
+        """A free bucket for a new open bucket, making room if there is none.
+
+        Foreground data stops at the copygc + btree reserves; copygc data at the
+        btree reserve; btree nodes may use everything."""
+        floor = 0 if not data else self.reserve + (0 if copygc else self.copygc_reserve)
+        if (data and not copygc and self.on_low_space is not None
+                and self.index.count < self.low_space_mark):
+            self.on_low_space()         # copygc while there is still room to copy into
+        for attempt in range(3):
+            if self.index.count > floor:
                 b, _ = self.goals.find(inum, goal, data=data)
-            if b is not None:
-                return b
+                if b is not None:
+                    return b
+            if copygc:
+                break
             if attempt == 0 and self.on_need_space is not None and (
                     self.state.waiting or self.state.discard_ready):
                 self.c["alloc_journal_waits"] += 1
                 self.on_need_space()
+            elif data and self.on_low_space is not None and self.state.frag.live:
+                self.on_low_space()
+            else:
+                break
         self.c["alloc_enospc"] += 1
         raise NoSpace("no free bucket")
 
     # ------------------------------------------------------------ data
 
-    def alloc_data(self, inum: int, file_block: int, nblocks: int
+    def alloc_data(self, inum: int, file_block: int, nblocks: int, *, copygc: bool = False
                    ) -> tuple[int, int, int, OpenBucket]:
         """Up to nblocks contiguous blocks in one bucket: (offset, nblocks, gen, ref).
 
-        The caller writes the data, commits the extent, then calls ref.release()."""
+        The caller writes the data, commits the extent, then calls ref.release().
+        copygc's moves use their own write point, keeping foreground runs linear."""
+        if copygc:
+            return self._take_blocks(self.copygc_wp, inum, file_block, nblocks, copygc=True)
         goals = self.goals
         cont = None
         for wp in self.data_wps.values():
@@ -174,9 +194,14 @@ class Allocator:
                 wp = self._new_wp(g)
         else:
             wp = cont
+        return self._take_blocks(wp, inum, file_block, nblocks, linear=cont is not None)
+
+    def _take_blocks(self, wp: WritePoint, inum: int, file_block: int, nblocks: int, *,
+                     linear: bool = False, copygc: bool = False
+                     ) -> tuple[int, int, int, OpenBucket]:
         ob = wp.ob
         if ob is None or ob.room() < BLOCK_SIZE:
-            ob = self._refill(wp, inum, file_block, linear=cont is not None)
+            ob = self._refill(wp, inum, file_block, linear=linear, copygc=copygc)
         n = min(nblocks, ob.room() // BLOCK_SIZE)
         off = ob.pos
         ob.pos += n * BLOCK_SIZE
@@ -195,17 +220,18 @@ class Allocator:
         self.data_wps[g] = wp
         return wp
 
-    def _refill(self, wp: WritePoint, inum: int, file_block: int, *, linear: bool) -> OpenBucket:
+    def _refill(self, wp: WritePoint, inum: int, file_block: int, *, linear: bool,
+                copygc: bool = False) -> OpenBucket:
         if wp.ob is not None:
             wp.ob.release()
             wp.ob = None
         b = None
-        if linear and wp.last_bucket >= 0:
+        if linear and wp.last_bucket >= 0 and self.index.count >= self.low_space_mark and (
+                self.index.count > self.reserve + self.copygc_reserve):
             b = self.goals.next_linear(wp.last_bucket, wp.run)
-            if b is not None and (self.index.count <= self.reserve):
-                b = None
         if b is None:
-            b = self._find(inum, self.goals.goal_bucket(inum, file_block), data=True)
+            b = self._find(inum, self.goals.goal_bucket(inum, file_block), data=True,
+                           copygc=copygc)
             wp.run = 0
         else:
             wp.run += 1
@@ -220,6 +246,9 @@ class Allocator:
                 wp.ob.release()
                 wp.ob = None
         self.data_wps.clear()
+        if self.copygc_wp.ob is not None:
+            self.copygc_wp.ob.release()
+            self.copygc_wp.ob = None
         if self.btree_wp is not None:
             self.btree_wp.release()
             self.btree_wp = None

@@ -5,7 +5,8 @@ node cache they share. It knows nothing of what keys mean. It relies on two
 collaborators passed in by the engine:
 
   journal: .cur_seq (the open entry's sequence, which pins dirty nodes),
-           .durable_seq, .add_interior(btree_id, level, key, val) to journal
+           .durable_seq, .mount_seq (the newest durable seq found at mount),
+           .add_interior(btree_id, level, key, val) to journal
            a pointer change, and .node_written() to note a node write that
            the next journal write must be ordered after.
   space:   .alloc_node() -> byte offset of a free region, and
@@ -41,7 +42,7 @@ COUNTERS = (
     "btree_node_reads", "btree_node_read_bytes",
     "btree_node_writes", "btree_node_write_bytes", "btree_bsets_written",
     "btree_node_writes_reclaim", "btree_node_writes_evict", "btree_node_writes_buffer",
-    "btree_node_writes_new", "btree_node_writes_flush",
+    "btree_node_writes_new", "btree_node_writes_flush", "btree_node_writes_copygc",
     "btree_whiteouts_written", "btree_whiteouts_avoided",
     "btree_compactions", "btree_splits", "btree_merges",
     "btree_cache_hits", "btree_cache_misses", "btree_cache_evictions",
@@ -81,6 +82,10 @@ class BtreeSet:
         self.roots: list[Node | None] = [None] * BTREE_ID_NR
         self.cache: dict[bytes, Node] = {}
         self.dirty: dict[Node, None] = {}      # insertion order == pin order
+        # Regions written by this session. Their bsets are all good however
+        # new: the journal-seq cut-off when reading applies only to bsets an
+        # earlier session wrote (see _read).
+        self.written_regions: set[int] = set()
         self.tick = 0
 
     # ------------------------------------------------------------ node cache
@@ -104,8 +109,13 @@ class BtreeSet:
         buf = self.dev.pread(self.node_size, offset)
         self.c["btree_node_reads"] += 1
         self.c["btree_node_read_bytes"] += len(buf)
+        # Bsets an earlier session wrote after its last durable journal entry
+        # never became durable: ignore them (cut off at the seq found at mount).
+        # This session's own writes are good even before a journal flush: a
+        # node written and evicted before the flush must read back whole.
+        limit = None if offset in self.written_regions else self.journal.mount_seq
         try:
-            img = parse_node(buf, offset, self.journal.durable_seq)
+            img = parse_node(buf, offset, limit)
         except FormatError as e:
             raise BtreeError(f"{BtreeId(btree_id).name} level {level}: {e}") from e
         h = img.header
@@ -120,6 +130,7 @@ class BtreeSet:
         node.written_bytes = img.written_bytes
         node.max_seq = img.max_journal_seq
         node.new = False
+        node.rewrite = img.stale_tail
         return node
 
     def maybe_evict(self) -> int:
@@ -409,7 +420,7 @@ class BtreeSet:
         else:
             keys, vals = node.unwritten()
             data = encode_append(node.node_seq, node.max_seq, keys, vals)
-            if node.written_bytes + len(data) > self.node_size:
+            if node.written_bytes + len(data) > self.node_size or node.rewrite:
                 self.compact(node, cause)
                 return
             self._write(node, data, node.written_bytes, cause)
@@ -422,6 +433,7 @@ class BtreeSet:
 
     def _write(self, node: Node, data: bytes, pos: int, cause: str) -> None:
         self.dev.pwrite(data, node.offset + pos)
+        self.written_regions.add(node.offset)
         node.written_bytes = pos + round_up(len(data))
         c = self.c
         c["btree_node_writes"] += 1
@@ -441,6 +453,7 @@ class BtreeSet:
         node.ptr = pack_btree_ptr(node.offset, node.node_seq)
         self.cache[node.ptr] = node
         node.new = True
+        node.rewrite = False
         self.c["btree_compactions"] += 1
         self.space.free_node(old_offset, self.journal.cur_seq)
         self.write_node(node, cause)
