@@ -1,0 +1,1 @@
+"""Space allocation: the in-memory free-space index and the bucket allocator."""
