@@ -6,6 +6,12 @@ winning, a whiteout (empty value) deleting. Reading stops at the first place
 that holds no bset of this node (another node_seq, no magic), at a bset whose
 checksum fails (a torn write), or at a bset that contains journal sequences
 newer than the last durable journal entry (its keys never became durable).
+
+Bsets of this node found past the point where reading stopped (a torn or
+never-durable append, or an append that landed while an earlier one did not)
+are a stale tail: the next append would land in front of them and a later
+read could resume into them, so such a node must be rewritten to a fresh
+region (a new node_seq) instead of appended to; NodeImage.stale_tail says so.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class NodeImage:
     nbsets: int
     max_journal_seq: int
     stop_reason: str        # why reading stopped: "end", "torn", "newer", "bad"
+    stale_tail: bool = False  # bsets of this node lie at or past written_bytes
 
 
 def parse_node(buf: bytes, offset: int, durable_seq: int | None = None) -> NodeImage:
@@ -78,11 +85,14 @@ def parse_node(buf: bytes, offset: int, durable_seq: int | None = None) -> NodeI
             break
     if nbsets == 0:
         raise FormatError("btree node: no valid bset", offset)
+    stale = any(h is not None and h.node_seq == hdr.node_seq
+                for h in (unpack_bset_header(buf, p) for p in range(written, len(buf), BLOCK_SIZE)))
     keys = sorted(live)
     for k in keys[:1] + keys[-1:]:
         if not hdr.min_key <= k <= hdr.max_key:
             raise FormatError("btree node: key outside the node's range", offset)
-    return NodeImage(hdr, keys, [live[k] for k in keys], written, nbsets, max_jseq, reason)
+    return NodeImage(hdr, keys, [live[k] for k in keys], written, nbsets, max_jseq, reason,
+                     stale)
 
 
 def encode_first(header: NodeHeader, journal_seq: int, keys: list[bytes],

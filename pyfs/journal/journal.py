@@ -71,6 +71,9 @@ class Journal:
         self.written_seq = 0
         self.durable_seq = 0
         self.durable_last_seq = 0
+        # The newest durable seq found at mount. Btree bsets that earlier
+        # sessions wrote with a newer seq never became durable.
+        self.mount_seq = 0
         # The open entry.
         self.recs: list[bytes] = []
         self.nkeys = 0
@@ -99,7 +102,7 @@ class Journal:
         else:
             self.head = head
         self.cur_seq = next_seq
-        self.written_seq = self.durable_seq = next_seq - 1
+        self.written_seq = self.durable_seq = self.mount_seq = next_seq - 1
 
     # ------------------------------------------------------------ adding keys
 
