@@ -416,7 +416,10 @@ class BtreeSet:
             if len(data) > self.node_size:
                 raise AssertionError(f"new node of {len(data)} bytes exceeds node size")
             self._write(node, data, 0, cause)
-            self.c["btree_whiteouts_avoided"] += len(node.whiteouts)
+            # Pending whiteouts a fresh region does not need (a key deleted and
+            # re-inserted since is live, not a whiteout avoided).
+            self.c["btree_whiteouts_avoided"] += sum(1 for k in node.whiteouts
+                                                     if node.get(k) is None)
         else:
             keys, vals = node.unwritten()
             data = encode_append(node.node_seq, node.max_seq, keys, vals)
@@ -424,7 +427,9 @@ class BtreeSet:
                 self.compact(node, cause)
                 return
             self._write(node, data, node.written_bytes, cause)
-            self.c["btree_whiteouts_written"] += len(node.whiteouts)
+            # Count what the bset holds: a whiteout of a key re-inserted since
+            # was superseded by the value and never reached the disk.
+            self.c["btree_whiteouts_written"] += vals.count(b"")
         node.mark_written()
         self.dirty.pop(node, None)
 
