@@ -163,11 +163,18 @@ class Journal:
         return pos
 
     def _tail(self) -> int | None:
-        """Position of the oldest entry still needed for replay."""
+        """Start of the bucket holding the oldest entry still needed for replay.
+
+        Space is reused by whole buckets: the mount scan finds that entry
+        through the first entry of its bucket, so the head must never wrap
+        into the bucket and overwrite its start while the entry is needed."""
         ents = self.entries
         while ents and ents[0][0] < self.durable_last_seq:
             ents.popleft()
-        return ents[0][1] if ents else None
+        if not ents:
+            return None
+        pos = ents[0][1]
+        return pos - pos % self.bucket_size
 
     def space_free(self) -> int:
         """Ring bytes free once the sealed entries are written."""
