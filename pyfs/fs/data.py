@@ -102,7 +102,15 @@ class DataIO:
     def read_blocks(self, inum: int, first: int, end: int) -> bytearray:
         """File blocks [first, end) with holes as zeros."""
         out = bytearray((end - first) * BLOCK_SIZE)
+        state = self.eng.alloc.state
+        bs = self.eng.sb.bucket_size
         for f, e in self.extents(inum, first, end):
+            if state.is_stale(e.dev_offset // bs, e.gen):
+                # The bucket was emptied and its generation bumped (e.g. cached
+                # data invalidated): the pointer reads as absent, never as
+                # whatever the bucket holds now.
+                self.c["data_stale_pointers"] = self.c.get("data_stale_pointers", 0) + 1
+                continue
             lo = max(f, first)
             hi = min(f + e.nblocks, end)
             src = (e.live_offset + lo - f) * BLOCK_SIZE
