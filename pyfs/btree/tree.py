@@ -341,20 +341,25 @@ class BtreeSet:
             if acc >= half:
                 cut = max(1, min(i + 1, len(keys) - 1))
                 break
-        if parent is None:
+        # The allocator reads alloc keys through these btrees, so every
+        # allocation and free must find the tree whole: allocate while the
+        # old node is still in place, free once the parent points past it.
+        new_root = parent is None
+        if new_root:
             parent = self._new_node(node.btree_id, node.level + 1, ZERO_KEY, MAX_KEY)
             parent.new = True
-            self.roots[node.btree_id] = parent
         left = self._new_node(node.btree_id, node.level, node.min_key, key_before(keys[cut]))
         right = self._new_node(node.btree_id, node.level, keys[cut], node.max_key)
         for n, ks, vs in ((left, keys[:cut], vals[:cut]), (right, keys[cut:], vals[cut:])):
             n.set_written(ks, vs)
             n.max_seq = node.max_seq
             self.write_node(n, "new")
-        self._retire(node)
         self.c["btree_splits"] += 1
         self._set_ptr(parent, left)
         self._set_ptr(parent, right)
+        if new_root:
+            self.roots[node.btree_id] = parent
+        self._retire(node)
         if parent.new:
             self.write_node(parent, "new")
         elif parent.live_bytes > self.split_bytes:
@@ -383,11 +388,11 @@ class BtreeSet:
         merged.set_written(lk + rk, lv + rv)
         merged.max_seq = max(left.max_seq, right.max_seq)
         self.write_node(merged, "new")
-        self._retire(left)
-        self._retire(right)
         self.c["btree_merges"] += 1
         self._del_ptr(parent, right.min_key)
         self._set_ptr(parent, merged)
+        self._retire(left)          # after the parent points past them (see split)
+        self._retire(right)
         if parent is self.roots[node.btree_id]:
             if parent.nlive == 1:
                 self._collapse_root(parent, merged)
@@ -449,20 +454,27 @@ class BtreeSet:
 
     def compact(self, node: Node, cause: str) -> None:
         """Rewrite a full node into a fresh region (copy-on-write) and repoint it."""
+        if node.live_bytes > self.split_bytes:
+            self.split(node)        # overfull (replay, pointer updates): split, not copy
+            return
         parent = self._parent(node)
-        old_offset = node.offset
-        if self.cache.get(node.ptr) is node:
-            del self.cache[node.ptr]
-        node.offset = self.space.alloc_node(node.btree_id, node.level, node.min_key)
+        old_offset, old_ptr = node.offset, node.ptr
+        # Allocate while the parent still reaches the node under its old
+        # pointer, and keep that cache entry until the parent is repointed:
+        # the allocator may read alloc keys through this very node (see split).
+        offset = self.space.alloc_node(node.btree_id, node.level, node.min_key)
+        node.offset = offset
         node.node_seq = int.from_bytes(os.urandom(8), "little") | 1
         node.ptr = pack_btree_ptr(node.offset, node.node_seq)
         self.cache[node.ptr] = node
         node.new = True
         node.rewrite = False
         self.c["btree_compactions"] += 1
-        self.space.free_node(old_offset, self.journal.cur_seq)
         self.write_node(node, cause)
         self._set_ptr(parent, node)
+        if self.cache.get(old_ptr) is node:
+            del self.cache[old_ptr]
+        self.space.free_node(old_offset, self.journal.cur_seq)
 
     def flush_all(self, cause: str = "flush") -> int:
         """Write every dirty node (unmount, sync of btree state). Returns nodes written."""
