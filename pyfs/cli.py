@@ -202,8 +202,8 @@ def fsck_main(argv: Sequence[str] | None = None) -> int:
 
 
 def mount_main(argv: Sequence[str] | None = None) -> int:
-    print("mount.pyfs: not implemented yet", file=sys.stderr)
-    return 1
+    """mount.pyfs IMAGE DIR [-sfnv] [-o OPTIONS], as mount(8) runs helpers."""
+    return _mount_helper_main(argv)
 
 
 # --------------------------------------------------------------------------
@@ -425,6 +425,102 @@ def _stdout_gone() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+# --------------------------------------------------------------------------
+# pyfs mount / umount / stats, and mount.pyfs (implemented in pyfs/mount.py)
+
+def _setup_mount(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="directory to mount on")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                   help="comma-separated mount options: ro, allow_other, debug, noatime, "
+                        "flush_delay_ms=N, btree_write_buffer=SIZE, cache_nodes=N, "
+                        "fsname=NAME, nodiscard, and the generic nosuid/nodev/noexec/...")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="serve in the foreground instead of as a daemon")
+
+
+def _do_mount(image: str, mountpoint: str, options: list[str], foreground: bool) -> int:
+    from pyfs.mount import MountFailed, mount, parse_options
+    try:
+        opts = parse_options(options)
+        opts.foreground = opts.foreground or foreground
+        mount(image, mountpoint, opts)
+    except MountFailed as e:
+        raise CliError(str(e)) from None
+    return EXIT_OK
+
+
+@command("mount", help="mount a pyfs image", setup=_setup_mount)
+def run_mount(args: argparse.Namespace) -> int:
+    return _do_mount(args.image, args.mountpoint, args.options, args.foreground)
+
+
+def _setup_mount_helper(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("mountpoint", metavar="DIR")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS")
+    p.add_argument("-f", dest="fake", action="store_true", help="do everything but mount")
+    for flag in ("-s", "-n", "-v"):          # sloppy, no mtab, verbose: nothing to do
+        p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-t", dest="fstype", help=argparse.SUPPRESS)
+    p.add_argument("-N", dest="namespace", help=argparse.SUPPRESS)
+
+
+def run_mount_helper(args: argparse.Namespace) -> int:
+    if args.fake:
+        return EXIT_OK
+    return _do_mount(args.image, args.mountpoint, args.options, False)
+
+
+def _mount_helper_main(argv: Sequence[str] | None) -> int:
+    # Not a `pyfs` subcommand: only the mount.pyfs console script runs it.
+    cmd = Command("mount.pyfs", "mount a pyfs image (mount(8) helper)", _setup_mount_helper,
+                  run_mount_helper, "mount.pyfs")
+    parser = argparse.ArgumentParser(prog=cmd.prog, description=cmd.help)
+    parser.add_argument("--version", action="version", version=version_string())
+    cmd.setup(parser)
+    args = _parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    return _run(cmd, args)
+
+
+def _setup_umount(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to wait for the daemon to write back and exit")
+    p.add_argument("-l", "--lazy", action="store_true",
+                   help="detach now even if busy (the daemon exits when it is released)")
+
+
+@command("umount", help="unmount and wait until the image is clean", setup=_setup_umount)
+def run_umount(args: argparse.Namespace) -> int:
+    from pyfs.mount import MountFailed, umount
+    try:
+        umount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
+    except MountFailed as e:
+        raise CliError(str(e)) from None
+    return EXIT_OK
+
+
+def _setup_stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--json", action="store_true", help="print one flat JSON object")
+
+
+@command("stats", help="print the live counters of a mounted pyfs", setup=_setup_stats)
+def run_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from pyfs.mount import MountFailed, format_stats, read_stats
+    try:
+        stats = read_stats(args.mountpoint)
+    except MountFailed as e:
+        raise CliError(str(e)) from None
+    print(json.dumps(stats, sort_keys=True) if args.json else format_stats(stats))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

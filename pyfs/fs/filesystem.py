@@ -160,6 +160,7 @@ class Filesystem:
         self.lookups: dict[int, int] = {}
         self.opens: dict[int, int] = {}
         self.sync_seq: dict[int, int] = {}
+        self.atime = True               # relatime; False for noatime
         self.gen_limit = unpack_fs_info(self.bt.get(INO, FS_INFO_KEY))
         self.next_gen = self.gen_limit
         if not self.read_only:
@@ -228,6 +229,10 @@ class Filesystem:
     def _ref(self, inum: int) -> None:
         self.lookups[inum] = self.lookups.get(inum, 0) + 1
 
+    def ref(self, inum: int) -> None:
+        """Count a lookup reference the caller handed out (a readdirplus entry)."""
+        self._ref(inum)
+
     def _in_use(self, inum: int) -> bool:
         return bool(self.lookups.get(inum) or self.opens.get(inum))
 
@@ -243,12 +248,20 @@ class Filesystem:
         op.commit()
         self._make(ROOT_INUM, b"lost+found", stat.S_IFDIR | 0o700, 0, 0, count=False)
 
-    def _process_orphans(self) -> None:
+    def shutdown(self) -> None:
+        """Unmounted: the kernel's references are gone, so delete the orphans
+        they kept alive now rather than at the next mount."""
+        self.lookups.clear()
+        self.opens.clear()
+        if not self.read_only:
+            self._process_orphans("fs_orphans_at_unmount")
+
+    def _process_orphans(self, counter: str = "fs_orphans_at_mount") -> None:
         """Finish deletions and truncates a crash (or unmount) left pending."""
         todo = list(self.bt.iter(INO, pack_key(0, 1), pack_key(0, (1 << 64) - 1)))
         for k, v in todo:
             inum = unpack_key(k)[1]
-            self.c["fs_orphans_at_mount"] += 1
+            self.c[counter] = self.c.get(counter, 0) + 1
             ino = self.inodes.get(inum)
             if v[1:2] == ORPHAN_TRUNCATE and ino is not None:
                 self._trim_beyond_eof(inum)
@@ -732,7 +745,7 @@ class Filesystem:
 
     def _touch_atime(self, inum: int, ino: Inode) -> None:
         """relatime: update atime only if it is older than mtime/ctime or a day."""
-        if self.read_only:
+        if self.read_only or not self.atime:
             return
         t = now_ns()
         a = ino.atime_ns

@@ -1,0 +1,353 @@
+"""The FUSE edge: pyfuse3 Operations over the synchronous Filesystem.
+
+Each handler decodes the request, calls Filesystem on the trio thread (the
+engine is single-threaded; its calls never wait for I/O) and maps FSError to
+FUSEError. The slow waits run off the event loop: fsync awaits durability of
+the inode's last commit through the Flusher (group commit: one device flush
+serves every waiter whose commit it covers).
+
+errors=ro: an unexpected exception (BtreeError, FormatError, a bug) marks the
+filesystem failed: it turns read-only (writes get EROFS), stops writing the
+journal (so a half-applied transaction never becomes durable) and unmounts
+without the clean flag, so the next mount replays the last durable state.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from .alloc.foreground import NoSpace
+from .fs import Attr, Filesystem, FSError
+
+log = logging.getLogger("pyfs.fuse")
+
+# We are the only writer and the kernel sees every change through us, so
+# what it caches only goes stale by our own relatime atime updates: long
+# timeouts are safe, and spare a getattr/lookup round trip per access.
+ENTRY_TIMEOUT = 60.0
+ATTR_TIMEOUT = 60.0
+STATS_XATTR = b"pyfs.stats"
+
+
+def entry(attr: Attr) -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = attr.st_ino
+    e.generation = attr.generation
+    e.entry_timeout = ENTRY_TIMEOUT
+    e.attr_timeout = ATTR_TIMEOUT
+    e.st_mode = attr.st_mode
+    e.st_nlink = attr.st_nlink
+    e.st_uid = attr.st_uid
+    e.st_gid = attr.st_gid
+    e.st_rdev = attr.st_rdev
+    e.st_size = attr.st_size
+    e.st_blksize = 4096
+    e.st_blocks = attr.st_blocks
+    e.st_atime_ns = attr.st_atime_ns
+    e.st_mtime_ns = attr.st_mtime_ns
+    e.st_ctime_ns = attr.st_ctime_ns
+    e.st_birthtime_ns = attr.st_birthtime_ns
+    return e
+
+
+def negative_entry() -> pyfuse3.EntryAttributes:
+    """ENOENT the kernel may cache (inode 0 with a timeout: a negative dentry)."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = 0
+    e.entry_timeout = ENTRY_TIMEOUT
+    return e
+
+
+def stats_dict(eng) -> dict[str, int]:
+    """The counters `pyfs stats` prints, with the short names it promises."""
+    s = eng.stats()
+    s["dev_discards"] = s.get("dev_discards", 0)
+    s["discards"] = s["dev_discards"]
+    s.setdefault("bounces", 0)
+    return {k: v for k, v in s.items() if isinstance(v, (int, float))}
+
+
+class Flusher:
+    """Group commit: waiters for seq s return at once if s is durable; else one
+    flush at a time runs and wakes every waiter it covered; waiters arriving
+    while it runs wait for the next one."""
+
+    def __init__(self, eng, run_sync=trio.to_thread.run_sync):
+        self.eng = eng
+        self.run_sync = run_sync
+        self.running: trio.Event | None = None
+        self.waiting: list[int] = []
+        self.failed: BaseException | None = None
+        eng.counters.setdefault("journal_flush_waiters", 0)
+
+    def dirty(self) -> bool:
+        """Committed but not yet durable work exists."""
+        j = self.eng.journal
+        return bool(j.nkeys or j.sealed or j.written_seq > j.durable_seq)
+
+    async def wait(self, seq: int) -> None:
+        j = self.eng.journal
+        if j.durable_seq >= seq:
+            return
+        self.waiting.append(seq)
+        try:
+            while j.durable_seq < seq:
+                if self.failed is not None:
+                    raise FSError(errno.EIO, "journal flushing stopped")
+                if self.running is not None:
+                    await self.running.wait()
+                else:
+                    await self.flush()
+        finally:
+            self.waiting.remove(seq)
+
+    async def flush(self) -> None:
+        """Run one flush, or wait for the running one."""
+        if self.running is not None:
+            await self.running.wait()
+            return
+        if self.failed is not None:
+            return
+        done = self.running = trio.Event()
+        try:
+            durable = await self.eng.flush_async(self.run_sync)
+            self.eng.counters["journal_flush_waiters"] += sum(
+                1 for s in self.waiting if s <= durable)
+        except BaseException as e:
+            if not isinstance(e, trio.Cancelled):
+                self.failed = e
+                log.error("journal flush failed: %r", e)
+            raise
+        finally:
+            self.running = None
+            done.set()
+
+    def stop(self) -> None:
+        """No more journal writes (errors=ro after a fatal error)."""
+        if self.failed is None:
+            self.failed = RuntimeError("filesystem failed")
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: Filesystem, flusher: Flusher, *,
+                 on_fatal: Callable[[BaseException], None] | None = None):
+        super().__init__()
+        self.fs = fs
+        self.eng = fs.eng
+        self.flusher = flusher
+        self.on_fatal = on_fatal
+        self.failed: BaseException | None = None
+        self.files: dict[int, tuple[int, int]] = {}      # fh -> (inum, opener uid)
+        self.dirs: dict[int, int] = {}                   # fh -> inum
+        self.next_fh = 1
+
+    # ------------------------------------------------------------ plumbing
+
+    def _call(self, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except FSError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except NoSpace:
+            raise pyfuse3.FUSEError(errno.ENOSPC) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as e:
+            self.fatal(e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def fatal(self, exc: BaseException) -> None:
+        """errors=ro: log, stop changes and journal writes."""
+        if self.failed is None:
+            self.failed = exc
+            log.critical("pyfs: fatal error, filesystem is now read-only: %r", exc,
+                         exc_info=exc)
+            self.eng.counters["fs_fatal_errors"] = 1
+        self.fs.set_read_only()
+        self.flusher.stop()
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    def _fh(self, inum: int, uid: int) -> int:
+        fh = self.next_fh
+        self.next_fh += 1
+        self.files[fh] = (inum, uid)
+        return fh
+
+    async def _sync(self, inum: int) -> None:
+        seq = self._call(self.fs.fsync, inum)
+        if seq and self.eng.journal.durable_seq < seq:
+            try:
+                await self.flusher.wait(seq)
+            except FSError as e:
+                raise pyfuse3.FUSEError(e.errno) from None
+            except trio.Cancelled:
+                raise
+            except Exception as e:
+                self.fatal(e)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
+    # ------------------------------------------------------------ names
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        try:
+            return entry(self._call(self.fs.lookup, parent_inode, name))
+        except pyfuse3.FUSEError as e:
+            if e.errno == errno.ENOENT:
+                return negative_entry()
+            raise
+
+    async def forget(self, inode_list):
+        for inum, n in inode_list:
+            self._call(self.fs.forget, inum, n)
+
+    async def getattr(self, inode, ctx=None):
+        return entry(self._call(self.fs.getattr, inode))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        kw = {}
+        if fields.update_size:
+            kw["size"] = attr.st_size
+            kw["kill_priv"] = ctx.uid != 0
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kw["ctime_ns"] = attr.st_ctime_ns
+        return entry(self._call(self.fs.setattr, inode, **kw))
+
+    async def readlink(self, inode, ctx):
+        return self._call(self.fs.readlink, inode)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return entry(self._call(self.fs.mknod, parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return entry(self._call(self.fs.mkdir, parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    async def unlink(self, parent_inode, name, ctx):
+        self._call(self.fs.unlink, parent_inode, name)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        self._call(self.fs.rmdir, parent_inode, name)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        return entry(self._call(self.fs.symlink, parent_inode, name, target, ctx.uid, ctx.gid))
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._call(self.fs.rename, parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return entry(self._call(self.fs.link, inode, new_parent_inode, new_name))
+
+    # ------------------------------------------------------------ files
+
+    async def open(self, inode, flags, ctx):
+        self._call(self.fs.open, inode, flags)
+        return pyfuse3.FileInfo(fh=self._fh(inode, ctx.uid))
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        attr = self._call(self.fs.create, parent_inode, name, mode, ctx.uid, ctx.gid)
+        self._call(self.fs.open, attr.st_ino, flags & ~os.O_TRUNC)
+        return pyfuse3.FileInfo(fh=self._fh(attr.st_ino, ctx.uid)), entry(attr)
+
+    async def read(self, fh, off, size):
+        return self._call(self.fs.read, self.files[fh][0], off, size)
+
+    async def write(self, fh, off, buf):
+        inum, uid = self.files[fh]
+        return self._call(self.fs.write, inum, off, buf, uid != 0)
+
+    async def flush(self, fh):
+        pass            # close(2) promises no durability
+
+    async def release(self, fh):
+        inum, _uid = self.files.pop(fh)
+        self._call(self.fs.release, inum)
+
+    async def fsync(self, fh, datasync):
+        await self._sync(self.files[fh][0])
+
+    # ------------------------------------------------------------ directories
+
+    async def opendir(self, inode, ctx):
+        self._call(self.fs.opendir, inode)
+        fh = self.next_fh
+        self.next_fh += 1
+        self.dirs[fh] = inode
+        return fh
+
+    async def readdir(self, fh, start_id, token):
+        inum = self.dirs[fh]
+        it = self._call(self.fs.readdir, inum, start_id)
+        while True:
+            item = self._call(next, it, None)
+            if item is None:
+                return
+            name, attr, off = item
+            if not pyfuse3.readdir_reply(token, name, entry(attr), off):
+                return
+            if name not in (b".", b".."):
+                # readdirplus: the kernel holds a lookup on every entry it
+                # accepted, except the dot entries.
+                self.fs.ref(attr.st_ino)
+
+    async def releasedir(self, fh):
+        self.dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh, datasync):
+        await self._sync(self.dirs[fh])
+
+    # ------------------------------------------------------------ misc
+
+    async def statfs(self, ctx):
+        s = self._call(self.fs.statfs)
+        out = pyfuse3.StatvfsData()
+        for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                  "f_ffree", "f_favail", "f_namemax"):
+            setattr(out, k, getattr(s, k))
+        return out
+
+    async def access(self, inode, mode, ctx):
+        return True         # default_permissions: the kernel checks
+
+    async def setxattr(self, inode, name, value, ctx):
+        if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        self._call(self.fs.setxattr, inode, name, value)
+
+    async def getxattr(self, inode, name, ctx):
+        if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
+            return self.stats_json().encode()
+        return self._call(self.fs.getxattr, inode, name)
+
+    async def listxattr(self, inode, ctx):
+        return self._call(self.fs.listxattr, inode)
+
+    async def removexattr(self, inode, name, ctx):
+        self._call(self.fs.removexattr, inode, name)
+
+    def stats_json(self) -> str:
+        s = stats_dict(self.eng)
+        s["fs_read_only"] = int(self.fs.read_only)
+        s["time_ns"] = time.time_ns()
+        return json.dumps(s, sort_keys=True)

@@ -1,0 +1,506 @@
+"""Mounting: options, the daemon, its background tasks, signals, umount, stats.
+
+`pyfs mount IMAGE DIR` forks a daemon and returns once the filesystem is
+mounted and serving (the daemon reports "ready" or an error through a pipe);
+`-f` keeps it in the foreground. The daemon records itself in a runtime file
+(/run/pyfs/<hash of the mountpoint>.pid, JSON) that `pyfs umount` uses to wait
+until the daemon has written everything back and exited. SIGTERM/SIGINT/SIGHUP
+unmount cleanly.
+
+Background tasks (trio, on the same thread as the FUSE handlers, so engine
+calls never interleave): the journal flush timer (every flush_delay_ms when
+something committed is not yet durable), journal reclaim when the ring is
+more than half full, node cache eviction, discards, and copygc.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("pyfs.mount")
+
+HOUSEKEEPING_S = 0.2            # reclaim / evict / discard / copygc cadence
+DISCARDS_PER_TICK = 256
+UMOUNT_TIMEOUT_S = 120.0
+
+
+class MountFailed(Exception):
+    """Mounting or unmounting failed; the message says why (one line)."""
+
+
+# --------------------------------------------------------------------------
+# Options
+
+# Generic mount flags handed through to the kernel mount (libfuse parses them).
+PASSTHROUGH = {"nosuid", "suid", "nodev", "dev", "noexec", "exec", "async", "sync",
+               "dirsync", "diratime", "nodiratime", "lazytime", "nolazytime", "allow_root",
+               "auto_unmount"}
+# What mount(8) and fstab add that means nothing to us.
+IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group",
+           "_netdev", "nofail", "relatime", "norelatime", "atime", "strictatime",
+           "nostrictatime", "errors=ro", "default_permissions"}
+
+
+@dataclass
+class MountOptions:
+    ro: bool = False
+    allow_other: bool = False
+    debug: bool = False
+    flush_delay_ms: int = 1000
+    btree_write_buffer: int | None = None
+    cache_nodes: int = 512
+    fsname: str | None = None
+    noatime: bool = False
+    discard: bool = True
+    foreground: bool = False
+    passthrough: list[str] = field(default_factory=list)
+
+    def fuse_options(self, image: str) -> set[str]:
+        opts = {"default_permissions", "subtype=pyfs",
+                "fsname=" + (self.fsname or os.path.abspath(image)).replace(",", "_")}
+        if self.allow_other:
+            opts.add("allow_other")
+        if self.ro:
+            opts.add("ro")
+        if self.debug:
+            opts.add("debug")
+        if self.noatime:
+            opts.add("noatime")
+        if os.geteuid() == 0:
+            # Like a kernel filesystem mounted by root (libfuse's default is
+            # nosuid,nodev); nosuid/nodev in the options still win.
+            for flag in ("suid", "dev"):
+                if "no" + flag not in self.passthrough:
+                    opts.add(flag)
+        opts.update(self.passthrough)
+        return opts
+
+
+def _int_opt(name: str, val: str, lo: int) -> int:
+    try:
+        n = int(val, 0)
+    except ValueError:
+        raise MountFailed(f"mount option {name}={val}: not a number") from None
+    if n < lo:
+        raise MountFailed(f"mount option {name}={val}: must be at least {lo}")
+    return n
+
+
+def _size_opt(name: str, val: str) -> int:
+    from .cli import CliError, parse_size
+    try:
+        return parse_size(val, name)
+    except CliError as e:
+        raise MountFailed(f"mount option {name}: {e}") from None
+
+
+def parse_options(texts: list[str] | str | None) -> MountOptions:
+    """Parse -o option strings ("ro,flush_delay_ms=500"); unknown ones are errors."""
+    if isinstance(texts, str):
+        texts = [texts]
+    o = MountOptions()
+    for text in texts or []:
+        for item in filter(None, (s.strip() for s in text.split(","))):
+            name, eq, val = item.partition("=")
+            if item in IGNORED or name.startswith("x-") or name == "comment":
+                continue
+            if not eq and name in ("ro", "rw", "allow_other", "debug", "noatime",
+                                   "discard", "nodiscard", "foreground"):
+                if name in ("ro", "rw"):
+                    o.ro = name == "ro"
+                elif name in ("discard", "nodiscard"):
+                    o.discard = name == "discard"
+                else:
+                    setattr(o, name, True)
+            elif eq and name == "flush_delay_ms":
+                o.flush_delay_ms = _int_opt(name, val, 1)
+            elif eq and name == "cache_nodes":
+                o.cache_nodes = _int_opt(name, val, 16)
+            elif eq and name == "btree_write_buffer":
+                o.btree_write_buffer = _size_opt(name, val)
+            elif eq and name == "fsname":
+                o.fsname = val
+            elif eq and name == "errors":
+                raise MountFailed(f"mount option errors={val}: only errors=ro is supported")
+            elif not eq and item in PASSTHROUGH:
+                o.passthrough.append(item)
+            else:
+                raise MountFailed(f"unknown mount option {item!r}")
+    return o
+
+
+# --------------------------------------------------------------------------
+# Runtime files
+
+def runtime_dir() -> Path:
+    if os.geteuid() == 0:
+        d = Path("/run/pyfs")
+    else:
+        base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/pyfs-{os.getuid()}"
+        d = Path(base) / "pyfs"
+    d.mkdir(parents=True, exist_ok=True, mode=0o755)
+    return d
+
+
+def _key(mountpoint: str) -> str:
+    return hashlib.sha1(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+
+
+def pid_file(mountpoint: str) -> Path:
+    return runtime_dir() / f"{_key(mountpoint)}.pid"
+
+
+def log_file(mountpoint: str) -> Path:
+    return runtime_dir() / f"{_key(mountpoint)}.log"
+
+
+def read_pid_file(mountpoint: str) -> dict | None:
+    try:
+        return json.loads(pid_file(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_mounted(mountpoint: str) -> bool:
+    target = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 4 and _unescape(parts[4]) == target:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _unescape(path: str) -> str:
+    return path.encode().decode("unicode_escape") if "\\" in path else path
+
+
+# --------------------------------------------------------------------------
+# Mounting
+
+def mount(image: str, mountpoint: str, opts: MountOptions) -> None:
+    """Mount image on mountpoint; return once it serves (or raise MountFailed).
+    With opts.foreground, serve here until unmounted."""
+    if not os.path.exists(image):
+        raise MountFailed(f"{image}: no such file or device")
+    if not os.path.isdir(mountpoint):
+        raise MountFailed(f"mount point {mountpoint} is not a directory")
+    if opts.foreground:
+        code = serve(image, mountpoint, opts, notify_fd=None)
+        if code:
+            raise MountFailed("filesystem failed; see the log above")
+        return
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # the daemon
+        os.close(r)
+        code = 1
+        try:
+            os.setsid()
+            _detach_stdio()
+            code = serve(image, mountpoint, opts, notify_fd=w)
+        except BaseException as e:                  # never return into the caller's code
+            _notify(w, f"error: {e}")
+        finally:
+            os._exit(code)
+    os.close(w)
+    msg = _read_line(r)
+    os.close(r)
+    if msg == "ready":
+        return
+    _pid, status = os.waitpid(pid, 0)
+    if msg.startswith("error: "):
+        raise MountFailed(msg[7:])
+    raise MountFailed(f"mount daemon died ({_status_text(status)}); see {log_file(mountpoint)}")
+
+
+def _status_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def _read_line(fd: int) -> str:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()
+
+
+def _notify(fd: int | None, msg: str) -> None:
+    if fd is None:
+        if msg.startswith("error: "):
+            print(f"pyfs mount: {msg[7:]}", file=sys.stderr)
+        return
+    try:
+        os.write(fd, (msg.replace("\n", " ") + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _detach_stdio() -> None:
+    fd = os.open(os.devnull, os.O_RDWR)
+    for i in (0, 1, 2):
+        os.dup2(fd, i)
+    if fd > 2:
+        os.close(fd)
+
+
+class _Worst(logging.Handler):
+    """Remembers the most severe level logged (a clean session's log is dropped)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.worst = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.worst = max(self.worst, record.levelno)
+
+
+def _setup_logging(mountpoint: str, opts: MountOptions, foreground: bool) -> _Worst:
+    root = logging.getLogger()
+    root.handlers.clear()
+    if foreground:
+        h: logging.Handler = logging.StreamHandler(sys.stderr)
+    else:
+        h = logging.FileHandler(log_file(mountpoint))
+    h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root.addHandler(h)
+    worst = _Worst()
+    root.addHandler(worst)
+    root.setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    return worst
+
+
+def serve(image: str, mountpoint: str, opts: MountOptions, notify_fd: int | None) -> int:
+    """Open, mount and serve until unmounted. Returns an exit code."""
+    import pyfuse3
+    import trio
+
+    from .device import DeviceBusy, open_device
+    from .engine import Engine
+    from .fs import Filesystem
+    from .fuse import Flusher, Operations
+
+    logf = log_file(mountpoint)
+    keep_log = notify_fd is None or (logf.exists() and logf.stat().st_size > 0)
+    worst = _setup_logging(mountpoint, opts, notify_fd is None)
+    mountpoint = os.path.realpath(mountpoint)
+    try:
+        dev = open_device(image, read_only=opts.ro, exclusive=True)
+    except DeviceBusy:
+        _notify(notify_fd, f"error: {image} is in use (mounted, or opened by fsck or "
+                           "another pyfs tool)")
+        return 1
+    except OSError as e:
+        _notify(notify_fd, f"error: {e.strerror or e}")
+        return 1
+    try:
+        eng = Engine(dev, background=True, write_buffer=opts.btree_write_buffer,
+                     cache_nodes=opts.cache_nodes, read_only=opts.ro, discard=opts.discard)
+        fs = Filesystem(eng)
+    except Exception as e:
+        dev.close()
+        log.exception("mount of %s failed", image)
+        _notify(notify_fd, f"error: cannot mount {image}: {e}")
+        return 1
+    for w in eng.warnings:
+        log.warning("%s", w)
+    fs.atime = not opts.noatime
+    # Paths first: once mounted, resolving the mountpoint would ask ourselves.
+    pidf = pid_file(mountpoint)
+    flusher = Flusher(eng)
+    ops = Operations(fs, flusher)
+    try:
+        pyfuse3.init(ops, mountpoint, opts.fuse_options(image))
+    except Exception as e:
+        eng.close()
+        _notify(notify_fd, f"error: FUSE mount on {mountpoint} failed: {e}")
+        return 1
+    pidf.write_text(json.dumps({"pid": os.getpid(), "image": os.path.abspath(image),
+                                "mountpoint": mountpoint, "log": str(logf)}))
+    log.info("mounted %s on %s (pid %d)", image, mountpoint, os.getpid())
+    try:
+        trio.run(_main, ops, opts, lambda: _notify(notify_fd, "ready"))
+    except BaseException as e:
+        ops.fatal(e)
+    finally:
+        pyfuse3.close(unmount=True)
+        code = _shutdown(ops)
+        pidf.unlink(missing_ok=True)
+        if not keep_log and worst.worst < logging.WARNING:
+            logf.unlink(missing_ok=True)        # nothing worth keeping
+    return code
+
+
+def _shutdown(ops) -> int:
+    """Unmounted: write everything back (clean), or leave it to replay (failed)."""
+    eng = ops.eng
+    if ops.failed is None and not eng.read_only:
+        try:
+            ops.fs.shutdown()
+            eng.close()
+            log.info("unmounted cleanly")
+            return 0
+        except Exception as e:
+            log.exception("clean unmount failed")
+            ops.failed = e
+    eng.close(clean=False)
+    if ops.failed is not None:
+        log.error("unmounted after a fatal error; the next mount replays the journal")
+        return 1
+    return 0
+
+
+async def _main(ops, opts: MountOptions, ready) -> None:
+    import pyfuse3
+    import trio
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_signals)
+        nursery.start_soon(_background, ops, opts)
+        ready()
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _signals() -> None:
+    import pyfuse3
+    import trio
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for sig in sigs:
+            log.info("signal %d: unmounting", sig)
+            pyfuse3.terminate()
+
+
+async def _background(ops, opts: MountOptions) -> None:
+    import trio
+    eng = ops.eng
+    flusher = ops.flusher
+    delay = opts.flush_delay_ms / 1000
+    last_flush = time.monotonic()
+    while True:
+        await trio.sleep(min(delay, HOUSEKEEPING_S))
+        if ops.failed is not None or eng.read_only:
+            continue
+        try:
+            if time.monotonic() - last_flush >= delay:
+                last_flush = time.monotonic()
+                if flusher.dirty():
+                    await flusher.flush()
+            _housekeeping(eng)
+        except trio.Cancelled:
+            raise
+        except Exception as e:
+            ops.fatal(e)
+
+
+def _housekeeping(eng) -> None:
+    if eng.journal.fill_ratio() > 0.5:
+        eng.reclaim()
+    if len(eng.btrees.cache) > eng.btrees.cache_nodes:
+        eng.btrees.maybe_evict()
+    st = eng.alloc.state
+    if st.discard_ready:
+        st.do_discards(DISCARDS_PER_TICK)
+    copygc = getattr(eng, "maybe_copygc", None)
+    if copygc is not None:
+        copygc()
+
+
+# --------------------------------------------------------------------------
+# Unmounting and stats
+
+def umount(mountpoint: str, timeout: float = UMOUNT_TIMEOUT_S, lazy: bool = False) -> None:
+    """Unmount, then wait until the daemon has written everything back and exited."""
+    mnt = os.path.realpath(mountpoint)
+    info = read_pid_file(mnt)
+    if not is_mounted(mnt):
+        if info is None or not _alive(info.get("pid", 0)):
+            raise MountFailed(f"{mountpoint} is not mounted")
+    else:
+        cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mnt]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError:
+            r = subprocess.run(["umount"] + (["-l"] if lazy else []) + [mnt],
+                               capture_output=True, text=True)
+        if r.returncode:
+            msg = (r.stderr or r.stdout).strip().splitlines()
+            raise MountFailed(msg[-1] if msg else f"unmounting {mnt} failed")
+    if info is None:
+        return
+    pid = info.get("pid", 0)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise MountFailed(f"the pyfs daemon (pid {pid}) has not finished writing back "
+                              f"after {timeout:g} s; it is still running")
+        time.sleep(0.05)
+    _check_released(info.get("image"), mnt)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")      # a zombie has finished (nobody may reap it)
+
+
+def _check_released(image: str | None, mnt: str) -> None:
+    """The daemon is gone: its image lock must be free and its superblock clean."""
+    if not image:
+        return
+    from .device import DeviceBusy, open_device
+    from .format import SbState
+    from .superblock import read_superblock
+    try:
+        dev = open_device(image, read_only=True, exclusive=True)
+    except DeviceBusy:
+        raise MountFailed(f"{image} is still in use after the daemon exited") from None
+    except OSError:
+        return
+    with dev:
+        try:
+            sb, _w = read_superblock(dev)
+        except Exception:
+            return
+    if sb.state != SbState.clean:
+        raise MountFailed(f"{image} was not unmounted cleanly (see {log_file(mnt)}); "
+                          "the next mount will replay its journal")
+
+
+def read_stats(mountpoint: str) -> dict:
+    from .fuse import STATS_XATTR
+    try:
+        raw = os.getxattr(mountpoint, STATS_XATTR.decode())
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise MountFailed(f"{mountpoint} is not the root of a pyfs mount") from None
+        raise MountFailed(f"{mountpoint}: {e.strerror}") from None
+    return json.loads(raw)
+
+
+def format_stats(stats: dict) -> str:
+    width = max(map(len, stats), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in sorted(stats.items()))

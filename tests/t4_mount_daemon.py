@@ -1,0 +1,305 @@
+"""The mount daemon and CLI: readiness, busy images, signals, umount waiting,
+options, read-only mounts, kill -9 and replay; plus the FUSE edge in-process
+(group commit, errors=ro) without a kernel mount."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyfuse3
+import pytest
+import trio
+from conftest import FsEnv, Mount, pyfs_cli, require_fuse
+
+from pyfs.btree.tree import BtreeError
+from pyfs.format import SbState
+from pyfs.fuse import Flusher, Operations
+from pyfs.mount import MountFailed, _alive, is_mounted, parse_options
+
+
+def sb_state(image: str) -> int:
+    from pyfs.device import open_device
+    from pyfs.superblock import read_superblock
+    with open_device(image, read_only=True, exclusive=False) as dev:
+        return read_superblock(dev)[0].state
+
+
+def wait_gone(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} still alive"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def scratch_dir():
+    d = tempfile.mkdtemp(prefix="pyfs-t4d-", dir="/tmp")
+    yield d
+    if is_mounted(d):
+        subprocess.run(["fusermount3", "-u", "-z", d], capture_output=True)
+    os.rmdir(d)
+
+
+# ---------------------------------------------------------------- daemon
+
+def test_mount_refuses_busy_image(mnt, scratch_dir):
+    r = pyfs_cli("mount", mnt.image, scratch_dir, check=False)
+    assert r.returncode != 0
+    assert "in use" in r.stderr
+    assert not is_mounted(scratch_dir)
+
+
+def test_sigterm_unmounts_cleanly(mnt):
+    with open(mnt.p("f"), "w") as f:
+        f.write("before the signal")
+    pid = mnt.daemon_pid()
+    os.kill(pid, signal.SIGTERM)
+    wait_gone(pid)
+    assert not is_mounted(mnt.path)
+    assert sb_state(mnt.image) == SbState.clean
+    mnt.mounted = False
+    mnt.mount()
+    assert open(mnt.p("f")).read() == "before the signal"
+
+
+def test_umount_waits_for_clean_image(mnt):
+    data = os.urandom(4 << 20)
+    with open(mnt.p("f"), "wb") as f:
+        f.write(data)
+    pid = mnt.daemon_pid()
+    mnt.umount()
+    assert not _alive(pid)                       # umount returned after the daemon exited
+    assert sb_state(mnt.image) == SbState.clean
+    r = pyfs_cli("umount", mnt.path, check=False)
+    assert r.returncode != 0 and "not mounted" in r.stderr
+
+
+def test_umount_busy_then_ok(mnt):
+    f = open(mnt.p("held"), "w")
+    try:
+        os.chdir(mnt.path)
+        r = pyfs_cli("umount", mnt.path, check=False)
+        assert r.returncode != 0 and "busy" in r.stderr.lower()
+        assert is_mounted(mnt.path)
+    finally:
+        os.chdir("/")
+        f.close()
+    mnt.umount()
+
+
+def test_kill9_then_replay(mnt):
+    with open(mnt.p("durable"), "wb") as f:
+        f.write(b"fsynced data")
+        f.flush()                                # out of Python's buffer first
+        os.fsync(f.fileno())
+    pid = mnt.daemon_pid()
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(pid)
+    r = pyfs_cli("umount", mnt.path, check=False)         # cleans up the dead mount
+    assert "not unmounted cleanly" in r.stderr
+    assert not is_mounted(mnt.path)
+    mnt.mounted = False
+    mnt.mount()
+    with open(mnt.p("durable"), "rb") as f:
+        assert f.read() == b"fsynced data"
+
+
+def test_read_only_mount(mnt):
+    with open(mnt.p("f"), "w") as f:
+        f.write("keep")
+    mnt.umount()
+    mnt.options = "allow_other,ro"
+    mnt.mount()
+    assert open(mnt.p("f")).read() == "keep"
+    with pytest.raises(OSError) as ei:
+        open(mnt.p("g"), "w")
+    assert ei.value.errno == errno.EROFS
+    mnt.umount()
+    mnt.options = "allow_other"
+    mnt.mount()
+
+
+def test_bad_options_and_paths(tmp_path, scratch_dir):
+    require_fuse()
+    image = str(tmp_path / "img")
+    pyfs_cli("mkfs", "-q", "--size", "64M", image)
+    r = pyfs_cli("mount", image, scratch_dir, "-o", "bogus", check=False)
+    assert r.returncode != 0 and "unknown mount option 'bogus'" in r.stderr
+    r = pyfs_cli("mount", image, scratch_dir, "-o", "flush_delay_ms=zero", check=False)
+    assert r.returncode != 0 and "flush_delay_ms" in r.stderr
+    r = pyfs_cli("mount", image, str(tmp_path / "nodir"), check=False)
+    assert r.returncode != 0 and "not a directory" in r.stderr
+    r = pyfs_cli("mount", str(tmp_path / "noimage"), scratch_dir, check=False)
+    assert r.returncode != 0 and "no such file" in r.stderr
+    (tmp_path / "junk").write_bytes(bytes(1 << 20))
+    r = pyfs_cli("mount", str(tmp_path / "junk"), scratch_dir, check=False)
+    assert r.returncode != 0 and "cannot mount" in r.stderr
+    assert not is_mounted(scratch_dir)
+
+
+def test_mount_helper_and_foreground(tmp_path, scratch_dir):
+    require_fuse()
+    image = str(tmp_path / "img")
+    pyfs_cli("mkfs", "-q", "--size", "64M", image)
+    m = Mount(image, scratch_dir)
+    try:
+        helper = [sys.executable, "-c", "import sys; from pyfs.cli import mount_main; "
+                  "sys.exit(mount_main())"]
+        r = subprocess.run(helper + [image, scratch_dir, "-o", "rw,nosuid,x-systemd.foo,"
+                                     "flush_delay_ms=200,cache_nodes=64"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert is_mounted(scratch_dir)
+        with open(os.path.join(scratch_dir, "f"), "w") as f:
+            f.write("via mount.pyfs")
+        m.umount()
+        # Foreground: serves until SIGINT, then unmounts cleanly.
+        p = subprocess.Popen([sys.executable, "-m", "pyfs.cli", "mount", "-f", image,
+                              scratch_dir], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not is_mounted(scratch_dir):
+            assert p.poll() is None, p.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert open(os.path.join(scratch_dir, "f")).read() == "via mount.pyfs"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 0
+        assert not is_mounted(scratch_dir)
+        assert sb_state(image) == SbState.clean
+    finally:
+        m.force_unmount()
+    assert m.fsck() == []
+
+
+def test_parse_options():
+    o = parse_options(["ro,allow_other,debug,flush_delay_ms=250", "btree_write_buffer=64K,"
+                       "cache_nodes=100,fsname=disk1,noatime,nodiscard,nosuid,defaults"])
+    assert (o.ro, o.allow_other, o.debug, o.flush_delay_ms, o.btree_write_buffer,
+            o.cache_nodes, o.fsname, o.noatime, o.discard) == \
+        (True, True, True, 250, 65536, 100, "disk1", True, False)
+    fo = o.fuse_options("/x/img")
+    assert {"ro", "allow_other", "fsname=disk1", "subtype=pyfs", "default_permissions",
+            "nosuid", "noatime"} <= fo
+    assert "suid" not in fo
+    for bad in ("nope", "cache_nodes=1", "errors=panic", "flush_delay_ms=-5"):
+        with pytest.raises(MountFailed):
+            parse_options(bad)
+
+
+# ---------------------------------------------------------------- FUSE edge in-process
+
+class Ctx:
+    def __init__(self, uid: int = 0, gid: int = 0):
+        self.uid, self.gid, self.pid, self.umask = uid, gid, 1, 0o022
+
+
+def make_ops(slow_flush: float = 0.0) -> tuple[FsEnv, Operations]:
+    env = FsEnv()
+
+    async def run_sync(fn):
+        await trio.sleep(slow_flush)
+        return fn()
+    return env, Operations(env.fs, Flusher(env.eng, run_sync=run_sync))
+
+
+def test_group_commit_shares_flushes():
+    env, ops = make_ops(slow_flush=0.02)
+    eng = env.eng
+    n = 12
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                fi, e = await ops.create(1, b"f%d" % i, 0o644, os.O_WRONLY, Ctx())
+                await ops.write(fi.fh, 0, b"data %d" % i)
+                nursery.start_soon(ops.fsync, fi.fh, False)
+                await trio.sleep(0.004)
+    flushes0 = eng.counters["journal_flushes"]
+    trio.run(main)
+    flushes = eng.counters["journal_flushes"] - flushes0
+    assert eng.counters["journal_flush_waiters"] == n
+    assert flushes < n // 2, flushes
+    assert eng.journal.durable_seq >= env.fs.fsync(env.fs.lookup(1, b"f%d" % (n - 1)).st_ino)
+    env.close()
+
+
+def test_fsync_of_durable_inode_needs_no_flush():
+    env, ops = make_ops()
+
+    async def main():
+        fi, e = await ops.create(1, b"f", 0o644, os.O_WRONLY, Ctx())
+        await ops.fsync(fi.fh, False)
+        f0 = env.eng.counters["journal_flushes"]
+        await ops.fsync(fi.fh, True)
+        assert env.eng.counters["journal_flushes"] == f0
+    trio.run(main)
+    env.close()
+
+
+def test_errors_ro_after_fatal_error(monkeypatch):
+    env, ops = make_ops()
+
+    def broken(*a, **kw):
+        raise BtreeError("injected inconsistency")
+
+    async def main():
+        fi, e = await ops.create(1, b"f", 0o644, os.O_WRONLY, Ctx())
+        await ops.write(fi.fh, 0, b"ok")
+        monkeypatch.setattr(env.fs, "_write_chunk", broken)
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.write(fi.fh, 0, b"boom")
+        assert ei.value.errno == errno.EIO
+        assert ops.failed is not None and env.fs.read_only
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.mkdir(1, b"d", 0o755, Ctx())
+        assert ei.value.errno == errno.EROFS
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.fsync(fi.fh, False)
+        assert ei.value.errno == errno.EIO
+        assert (await ops.getattr(e.st_ino)).st_size == 2       # reads still work
+        assert await ops.read(fi.fh, 0, 10) == b"ok"
+    trio.run(main)
+    env.eng.close(clean=False)
+
+
+def test_lookup_counts_through_readdirplus():
+    env, ops = make_ops()
+    fs = env.fs
+
+    async def main():
+        d = await ops.mkdir(1, b"d", 0o755, Ctx())
+        for i in range(5):
+            await ops.mknod(d.st_ino, b"n%d" % i, 0o100644, 0, Ctx())
+        neg = await ops.lookup(d.st_ino, b"missing", Ctx())
+        assert neg.st_ino == 0                                 # cached negative entry
+        fh = await ops.opendir(d.st_ino, Ctx())
+
+        class Token:
+            pass
+        replies = []
+        orig = pyfuse3.readdir_reply
+
+        def fake_reply(token, name, attr, off):
+            replies.append((name, attr.st_ino, off))
+            return len(replies) <= 4                           # the buffer fills up
+        pyfuse3.readdir_reply = fake_reply
+        try:
+            await ops.readdir(fh, 0, Token())
+        finally:
+            pyfuse3.readdir_reply = orig
+        await ops.releasedir(fh)
+        names = [r[0] for r in replies]
+        assert names[:2] == [b".", b".."] and len(names) == 5
+        counted = {r[1] for r in replies[2:4]}
+        for inum in counted:
+            assert fs.lookups[inum] == 2                       # mknod + readdirplus
+        st = ops.stats_json()
+        assert '"discards"' in st and '"bounces"' in st
+    trio.run(main)
+    env.close()
