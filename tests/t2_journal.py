@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import struct
 import sys
 
 import pytest
@@ -345,3 +347,38 @@ def test_head_never_enters_the_bucket_holding_last_seq():
             assert sc.newest.seq == newest
             assert [e.seq for e in sc.entries] == list(range(want, newest + 1))
     assert newest is not None and newest - want > 150
+
+
+# --------------------------------------------------------------------------
+# docs/FORMAT.md: the node, bset, pointer and journal tables match the structs
+
+FORMAT_MD = os.path.join(os.path.dirname(__file__), "..", "docs", "FORMAT.md")
+
+
+def _layout(fmt: str, names) -> list[tuple[str, int, int]]:
+    codes = re.findall(r"\d*[a-zA-Z?]", fmt[1:])
+    out, off = [], 0
+    for name, code in zip(names, codes, strict=True):
+        size = struct.calcsize("<" + code)
+        out.append((name, off, size))
+        off += size
+    assert off == struct.calcsize(fmt)
+    return out
+
+
+@pytest.mark.parametrize("const", ["NODE_HDR_FMT", "BSET_HDR_FMT", "BTREE_PTR_FMT",
+                                   "JSET_HDR_FMT", "JSET_ROOT_FMT", "JSET_KEY_FMT"])
+def test_format_md_tables_match_structs(const):
+    import pyfs.format as F
+    fmt = getattr(F, const)
+    text = open(FORMAT_MD).read()
+    start = text.index(f"Struct `{const} = \"{fmt}\"`")
+    rows = []
+    for line in text[start:].splitlines()[1:]:
+        if rows and not line.startswith("|"):
+            break
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].isdigit():
+            rows.append((cells[1], int(cells[0]), int(cells[3])))
+    fields = getattr(F, const.replace("_FMT", "_FIELDS"), None) or [r[0] for r in rows]
+    assert rows == _layout(fmt, fields), const
