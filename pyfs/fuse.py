@@ -118,6 +118,9 @@ class Flusher:
             return
         done = self.running = trio.Event()
         try:
+            # Let requests already queued (other writers' writes and fsyncs)
+            # commit first, so this flush covers them too.
+            await trio.sleep(0)
             durable = await self.eng.flush_async(self.run_sync)
             self.eng.counters["journal_flush_waiters"] += sum(
                 1 for s in self.waiting if s <= durable)
@@ -210,8 +213,12 @@ class Operations(pyfuse3.Operations):
             raise
 
     async def forget(self, inode_list):
+        # No reply to send: errors are logged (fatal ones already switched to ro).
         for inum, n in inode_list:
-            self._call(self.fs.forget, inum, n)
+            try:
+                self._call(self.fs.forget, inum, n)
+            except pyfuse3.FUSEError as e:
+                log.warning("forget of inode %d failed: %s", inum, e)
 
     async def getattr(self, inode, ctx=None):
         return entry(self._call(self.fs.getattr, inode))

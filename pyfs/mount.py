@@ -198,6 +198,9 @@ def mount(image: str, mountpoint: str, opts: MountOptions) -> None:
         raise MountFailed(f"{image}: no such file or device")
     if not os.path.isdir(mountpoint):
         raise MountFailed(f"mount point {mountpoint} is not a directory")
+    info = read_pid_file(mountpoint)
+    if info is not None and _alive(info.get("pid", 0)) and is_mounted(mountpoint):
+        raise MountFailed(f"{mountpoint} is already a pyfs mount (of {info.get('image')})")
     if opts.foreground:
         code = serve(image, mountpoint, opts, notify_fd=None)
         if code:

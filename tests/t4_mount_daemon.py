@@ -48,11 +48,15 @@ def scratch_dir():
 
 # ---------------------------------------------------------------- daemon
 
-def test_mount_refuses_busy_image(mnt, scratch_dir):
+def test_mount_refuses_busy_image(mnt, scratch_dir, tmp_path):
     r = pyfs_cli("mount", mnt.image, scratch_dir, check=False)
     assert r.returncode != 0
     assert "in use" in r.stderr
     assert not is_mounted(scratch_dir)
+    other = str(tmp_path / "other")
+    pyfs_cli("mkfs", "-q", "--size", "64M", other)
+    r = pyfs_cli("mount", other, mnt.path, check=False)
+    assert r.returncode != 0 and "already a pyfs mount" in r.stderr
 
 
 def test_sigterm_unmounts_cleanly(mnt):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import stat
 import subprocess
@@ -337,3 +338,14 @@ def test_statfs(mnt):
     assert os.statvfs(mnt.path).f_bfree < s.f_bfree
     r = subprocess.run(["df", mnt.path], capture_output=True, text=True)
     assert "pyfs" in r.stdout or mnt.path in r.stdout
+
+
+def test_unsupported_ops(mnt):
+    p = mnt.p("f")
+    open(p, "w").close()
+    r = subprocess.run(["fallocate", "-l", "1M", p], capture_output=True, text=True)
+    assert r.returncode != 0 and "not supported" in r.stderr
+    with open(p, "rb") as f:
+        with pytest.raises(OSError) as ei:
+            fcntl.ioctl(f.fileno(), 0x80086601, bytes(8))       # FS_IOC_GETFLAGS
+        assert ei.value.errno in (errno.ENOTTY, errno.ENOSYS, errno.EOPNOTSUPP)
