@@ -160,6 +160,7 @@ class Filesystem:
         self.lookups: dict[int, int] = {}
         self.opens: dict[int, int] = {}
         self.sync_seq: dict[int, int] = {}
+        self._prune_at = SYNC_SEQ_MAX
         self.atime = True               # relatime; False for noatime
         self.gen_limit = unpack_fs_info(self.bt.get(INO, FS_INFO_KEY))
         self.next_gen = self.gen_limit
@@ -181,10 +182,12 @@ class Filesystem:
                 ss[inum] = seq
         if op.gen_limit:
             self.gen_limit = max(self.gen_limit, op.gen_limit)
-        if len(ss) > SYNC_SEQ_MAX:
+        if len(ss) > self._prune_at:
             durable = self.eng.journal.durable_seq
             for k in [k for k, s in ss.items() if s <= durable]:
                 del ss[k]
+            # Amortised: without flushes nothing goes, so don't rescan each commit.
+            self._prune_at = max(SYNC_SEQ_MAX, 2 * len(ss))
 
     def _inode(self, inum: int) -> Inode:
         ino = self.inodes.get(inum) if inum > 0 else None
