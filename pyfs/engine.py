@@ -44,6 +44,11 @@ class MountError(Exception):
     """The image cannot be mounted; the message says why."""
 
 
+class EngineFailed(Exception):
+    """A commit failed part way; the engine stopped writing (as if the power
+    was cut at that moment) and refuses changes until it is mounted again."""
+
+
 class Engine:
     def __init__(self, dev, *, write_buffer: int | None = None, cache_nodes: int = 512,
                  read_only: bool = False, background: bool = False, backpointers: bool = True,
@@ -81,6 +86,7 @@ class Engine:
         self.commit_hooks = [self.alloc.commit_hook]
         self.replayed_keys = 0
         self.replayed_entries = 0
+        self.failed: BaseException | None = None
         self._mount()
 
     # ------------------------------------------------------------ mount
@@ -219,24 +225,45 @@ class Engine:
         apply found (no second lookup). They put derived updates (e.g.
         backpointers) in t.extra["derived"] and per-bucket deltas for the
         commit hooks; all of it lands in the same journal entry."""
+        if self.failed is not None:
+            raise EngineFailed(f"filesystem stopped after an error: {self.failed}")
         if self.read_only:
             raise PermissionError("read-only engine")
         ups = t.updates
         j = self.journal
         trig = self.triggers
         est = 0
+        limit = self.btrees.max_value
         for (bid, _k), v in ups.items():
+            if v is not None and len(v) > limit:
+                # Checked before anything is applied: a commit is all or nothing.
+                raise ValueError(f"value of {len(v)} bytes exceeds the {limit} limit")
             est += JSET_KEY_SIZE + (len(v) if v else 0) + (DERIVED_ESTIMATE if bid in trig else 0)
         seq = j.reserve(est)
-        self._apply(t, ups, seq, trig)
-        derived = t.extra.pop("derived", None)
-        if derived:
-            self._apply(t, derived, seq, None)
-        for hook in self.commit_hooks:
-            hook(t, seq)
-        self.alloc.apply_deferred(seq)
+        try:
+            self._apply(t, ups, seq, trig)
+            derived = t.extra.pop("derived", None)
+            if derived:
+                self._apply(t, derived, seq, None)
+            for hook in self.commit_hooks:
+                hook(t, seq)
+            self.alloc.apply_deferred(seq)
+        except BaseException as e:
+            # Part of the transaction is applied in memory and in the open
+            # journal entry: nothing of it may reach the disk.
+            self.fail(e)
+            raise
         self._after_commit()
         return seq
+
+    def fail(self, err: BaseException) -> None:
+        """Stop writing anything, as if power were cut now; the durable state
+        on disk stays consistent and the next mount replays it."""
+        if self.failed is None:
+            self.failed = err
+            self.counters["engine_failures"] = self.counters.get("engine_failures", 0) + 1
+        self.journal.frozen = True
+        self.btrees.frozen = True
 
     def _apply(self, t: Trans, ups: dict, seq: int, trig: dict | None) -> None:
         add = self.journal.add
@@ -345,7 +372,7 @@ class Engine:
 
     def close(self, clean: bool = True) -> None:
         """Unmount: with clean, write everything and mark the superblock clean."""
-        if self.read_only or not clean:
+        if self.read_only or not clean or self.failed is not None:
             self.dev.close()
             return
         self.alloc.release_all()

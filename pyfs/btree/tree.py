@@ -82,6 +82,7 @@ class BtreeSet:
         self.roots: list[Node | None] = [None] * BTREE_ID_NR
         self.cache: dict[bytes, Node] = {}
         self.dirty: dict[Node, None] = {}      # insertion order == pin order
+        self.frozen = False                    # set by Engine.fail: write nothing more
         # Regions written by this session. Their bsets are all good however
         # new: the journal-seq cut-off when reading applies only to bsets an
         # earlier session wrote (see _read).
@@ -442,6 +443,8 @@ class BtreeSet:
         return NodeHeader(node.btree_id, node.level, node.node_seq, node.min_key, node.max_key)
 
     def _write(self, node: Node, data: bytes, pos: int, cause: str) -> None:
+        if self.frozen:
+            raise OSError(5, "btree writes stopped after an engine failure")
         self.dev.pwrite(data, node.offset + pos)
         self.written_regions.add(node.offset)
         node.written_bytes = pos + round_up(len(data))

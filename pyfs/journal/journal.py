@@ -82,6 +82,8 @@ class Journal:
         # Node writes issued vs. covered by a completed device flush.
         self.node_gen = 0
         self.flushed_node_gen = 0
+        # After an engine failure nothing more is written (see Engine.fail).
+        self.frozen = False
 
     # ------------------------------------------------------------ mount state
 
@@ -193,6 +195,8 @@ class Journal:
 
         Raises JournalFull, leaving unwritten entries sealed, if the ring has
         no room. Returns the last written seq."""
+        if self.frozen:
+            raise OSError(5, "journal stopped after an engine failure")
         if self.sealed and self.needs_preflush():
             self.device_flush()
             self.c["journal_preflushes"] += 1
@@ -210,6 +214,8 @@ class Journal:
 
     def device_flush(self) -> None:
         """fdatasync; everything written before it started becomes durable."""
+        if self.frozen:
+            raise OSError(5, "journal stopped after an engine failure")
         gen = self.node_gen
         wseq = self.written_seq
         self.dev.flush()
