@@ -121,11 +121,18 @@ else
 fi
 
 # >>> MAIN JOB >>> ------------------------------------------------------------
-# For now the main job is to show the image's superblock. When `pyfs mount`
-# exists this block switches to mounting $IMAGE at /mnt/pyfs (to be added by
-# the engineer writing the mount command).
-say "superblock of $IMAGE"
-"$VENV/bin/pyfs" show-super "$IMAGE"
+# Mount the default image at $MOUNTPOINT (override with PYFS_MOUNTPOINT). An
+# image already mounted there is left as it is, so re-running is harmless.
+MOUNTPOINT=${PYFS_MOUNTPOINT:-/mnt/pyfs}
+mkdir -p "$MOUNTPOINT"
+if mountpoint -q "$MOUNTPOINT"; then
+    say "$MOUNTPOINT is already mounted"
+else
+    say "mounting $IMAGE at $MOUNTPOINT"
+    "$VENV/bin/pyfs" mount "$IMAGE" "$MOUNTPOINT"
+fi
+df -h "$MOUNTPOINT"
+say "pyfs is mounted at $MOUNTPOINT; unmount with: $VENV/bin/pyfs umount $MOUNTPOINT"
 # <<< MAIN JOB <<< ------------------------------------------------------------
 
 say "set-up done"
