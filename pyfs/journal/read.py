@@ -7,6 +7,11 @@ E (a torn or bad-checksum entry, or a sequence break, ends the journal
 cleanly), then walks again from the bucket holding E.last_seq to collect the
 entries to replay. Reading is O(buckets) header reads plus the entries
 replayed, not the whole ring.
+
+Entries written without a flush between them may reach the disk in any
+order, so E may follow a hole. If the first missing entry is newer than E's
+flushed_seq (never known durable), the journal ends before the hole;
+otherwise durable entries are lost and reading fails (JournalError).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ class JournalScan:
     entries: list[JournalEntry] = field(default_factory=list)   # last_seq .. newest
     positions: list[int] = field(default_factory=list)          # ring offsets of entries
     head: int = 0                                               # ring offset after newest
-    end_reason: str = "empty"                                   # why the walk stopped
+    end_reason: str = "empty"    # why the walk stopped: empty, end, bad, dropped, gap
     bad_offset: int | None = None                               # offset of a torn/bad entry
 
     @property
@@ -162,6 +167,16 @@ def read_journal(dev, start: int, bucket_size: int, nbuckets: int,
     seqs = [e.seq for e in scan.entries]
     if seqs != list(range(want, newest.seq + 1)):
         missing = sorted(set(range(want, newest.seq + 1)) - set(seqs))
+        if missing[0] > newest.flushed_seq:
+            # Entries written back to back without a flush reach the disk in
+            # any order: a later one can survive a crash that lost an earlier
+            # one. Nothing from the first missing entry on was known durable
+            # (it is past the newest entry's flushed_seq), so the journal ends
+            # before it.
+            cut = missing[0] if stop_before is None else min(stop_before, missing[0])
+            tail = read_journal(dev, start, bucket_size, nbuckets, stop_before=cut)
+            tail.end_reason, tail.bad_offset = "gap", None
+            return tail
         raise JournalError(f"journal: entries {want}..{newest.seq} incomplete; "
                            f"missing {missing[:5]}")
     return scan
