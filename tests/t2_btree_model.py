@@ -278,6 +278,32 @@ class BtreeModel(RuleBasedStateMachine):
             rest = list(bt.iter(bid, key_after(want[0][0]), end))
             assert rest == want[1:]
 
+    @rule(bid=btree_ids, a=st.tuples(his, keys_lo), b=st.tuples(his, keys_lo),
+          ups=st.lists(st.tuples(his, keys_lo, st.booleans()), max_size=12),
+          commit=st.booleans())
+    def trans_reads_its_own_updates(self, bid, a, b, ups, commit):
+        """Trans.get/iter see the transaction's pending updates over the tree."""
+        start, end = sorted((pack_key(*a), pack_key(*b)))
+        t = self.eng.trans()
+        want = dict(self.model[bid])
+        for hi, lo, is_set in ups:
+            key = pack_key(hi, lo)
+            if is_set:
+                val = self._value(lo % 50)
+                t.set(bid, key, val)
+                want[key] = val
+            else:
+                t.delete(bid, key)
+                want.pop(key, None)
+        for hi, lo, _ in ups:
+            assert t.get(bid, pack_key(hi, lo)) == want.get(pack_key(hi, lo))
+        assert list(t.iter(bid, start, end)) == sorted(
+            (k, v) for k, v in want.items() if start <= k <= end)
+        if commit:
+            t.commit()
+            self.model[bid] = want
+            self.since_flush.append(self._snapshot())
+
     # ------------------------------------------------------------ forcing writes
 
     @rule()
