@@ -165,8 +165,9 @@ def read_journal(dev, start: int, bucket_size: int, nbuckets: int,
         if e.seq == newest.seq:
             break
     seqs = [e.seq for e in scan.entries]
-    if seqs != list(range(want, newest.seq + 1)):
-        missing = sorted(set(range(want, newest.seq + 1)) - set(seqs))
+    if seqs != list(range(want, want + len(seqs))) or want + len(seqs) != newest.seq + 1:
+        # Never materialize want..newest: a hostile entry's seq can be huge.
+        missing = _first_missing(seqs, want, newest.seq)
         if missing[0] > newest.flushed_seq:
             # Entries written back to back without a flush reach the disk in
             # any order: a later one can survive a crash that lost an earlier
@@ -180,3 +181,16 @@ def read_journal(dev, start: int, bucket_size: int, nbuckets: int,
         raise JournalError(f"journal: entries {want}..{newest.seq} incomplete; "
                            f"missing {missing[:5]}")
     return scan
+
+
+def _first_missing(seqs: list[int], lo: int, hi: int, limit: int = 5) -> list[int]:
+    """Up to limit seqs of [lo, hi] absent from seqs, in order (work bounded by
+    len(seqs) + limit, however large hi - lo is)."""
+    have = set(seqs)
+    out = []
+    s = lo
+    while s <= hi and len(out) < limit:
+        if s not in have:
+            out.append(s)
+        s += 1
+    return out
