@@ -125,7 +125,7 @@ def _open_error(path: str, err: OSError) -> CliError:
 # Running commands
 
 # Modules whose commands register themselves with @command when imported.
-COMMAND_MODULES = ["pyfs.tools"]
+COMMAND_MODULES = ["pyfs.tools", "pyfs.fsck.cli"]
 
 
 def _load_commands() -> None:
@@ -197,8 +197,8 @@ def mkfs_main(argv: Sequence[str] | None = None) -> int:
 
 
 def fsck_main(argv: Sequence[str] | None = None) -> int:
-    print("fsck.pyfs: not implemented yet", file=sys.stderr)
-    return 8
+    from pyfs.fsck.cli import fsck_main as run_fsck_main
+    return run_fsck_main(argv)
 
 
 def mount_main(argv: Sequence[str] | None = None) -> int:

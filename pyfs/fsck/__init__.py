@@ -1,0 +1,273 @@
+"""pyfs fsck: find every inconsistency of an image and repair what can be repaired.
+
+Ordered passes (docs/FSCK.md): 1 superblock and layout, 2 journal and btree
+topology (on disk, before mounting), then on the mounted engine 3 keys valid
+for their type, 4 alloc info, 5 backpointers, 6 inodes, 7 extents, 8
+directory entries, 9 xattrs, 10 root and lost+found, 11 directory structure,
+12 link counts and the orphan index.
+
+API:
+    fsck_device(dev, FsckOptions(mode="yes")) -> FsckResult   (an open Device)
+    fsck_path(path, options)                                    (opens it exclusively)
+    check_engine(eng) -> list[str]                              (a live engine, no changes)
+
+Anything unexpected inside a pass becomes an internal_error report (exit 8)
+instead of a traceback; set PYFS_FSCK_DEBUG=1 to see the traceback too.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+import traceback
+from dataclasses import dataclass
+
+from ..device import DeviceBusy, open_device
+from ..engine import Engine
+from ..format import SbState
+from .alloc import pass4, pass5
+from .context import Ctx, FsckOptions
+from .errors import ERROR_TABLE, INFO, PASS_NAMES, Err
+from .journal import erase_entries, read_view
+from .keys import pass3
+from .mount import OverlayDevice, RepairEngine, journal_agrees, unreplayable_keys
+from .names import pass8, pass9
+from .passes import pass6, pass7
+from .repair import plural
+from .report import (
+    EXIT_OPERATIONAL,
+    MODE_ASK,
+    MODE_NO,
+    MODE_PREEN,
+    MODE_YES,
+    FsckAbort,
+    Problem,
+    Reporter,
+)
+from .sb import check_superblock
+from .structure import pass10, pass11, pass12
+from .topology import TopologyCheck
+
+__all__ = ["ERROR_TABLE", "Err", "FsckOptions", "FsckResult", "MODE_ASK", "MODE_NO",
+           "MODE_PREEN", "MODE_YES", "check_engine", "fsck_device", "fsck_path"]
+
+PASSES = [(3, pass3), (4, pass4), (5, pass5), (6, pass6), (7, pass7), (8, pass8),
+          (9, pass9), (10, pass10), (11, pass11), (12, pass12)]
+
+
+@dataclass
+class FsckResult:
+    exit_code: int
+    problems: list[Problem]
+    summary: str
+
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if INFO[p.err].severity != "info"]
+
+
+class Run:
+    """One fsck run over an open device."""
+
+    def __init__(self, dev, opts: FsckOptions, rep: Reporter, name: str):
+        self.dev = dev
+        self.opts = opts
+        self.rep = rep
+        self.name = name
+        self.ctx: Ctx | None = None
+        self.pre = None
+        self.skipped = False
+
+    def go(self) -> None:
+        rep = self.rep
+        rep.start_pass(1)
+        sb = check_superblock(self.dev, rep)
+        if (rep.mode == MODE_PREEN and not self.opts.force and sb.state == SbState.clean
+                and not rep.problems):
+            self.skipped = True
+            return
+        rep.start_pass(2)
+        view = read_view(self.dev, sb)
+        self._journal(sb, view)
+        self.pre = pre = TopologyCheck(self.dev, sb, view, rep).run()
+        skip = self._unreplayable(sb, view, pre)
+        declined = any(not p.fixed for p in rep.problems
+                       if INFO[p.err].severity == "error" and p.pass_no == 2)
+        if declined and rep.mode != MODE_NO:
+            rep.mode = MODE_NO      # no rebuild, no repair on top of a broken structure
+        overlay = rep.mode == MODE_NO
+        edev = OverlayDevice(self.dev) if overlay else self.dev
+        eng = self._mount(edev, sb, view, pre, skip)
+        ctx = self.ctx = Ctx(self.dev, eng.sb, eng, rep, self.opts, pre, overlay=overlay)
+        self._protect(ctx, bool(pre.rebuild) and not overlay)
+        for no, fn in PASSES:
+            rep.start_pass(no)
+            fn(ctx)
+        rep.end_pass()
+        if not overlay:
+            if isinstance(eng, RepairEngine):
+                self._fresh_journal_bucket(eng)
+            eng.close(clean=True)
+
+    @staticmethod
+    def _fresh_journal_bucket(eng) -> None:
+        """After a repair mount, the journal goes on from a fresh bucket: mount finds
+        a bucket's entries through its first one, which may be one fsck skipped."""
+        eng.sync_all()
+        j = eng.journal
+        j.head += -j.head % j.bucket_size
+
+    def _journal(self, sb, view) -> None:
+        rep = self.rep
+        newest = view.newest
+        if newest is None and (sb.clean_journal_seq or sb.mount_count):
+            rep.fatal(Err.journal_roots_lost, "the journal holds no valid entry but the "
+                      "filesystem has been used: the btree roots are lost")
+        for f, why in view.bogus:
+            rep.problem(Err.journal_entry_bad, f"journal entry {f.seq} at ring offset "
+                        f"{f.pos}: {why}; erased", lambda f=f: erase_entries(self.dev, sb, [f]))
+        for seq, why in view.damaged:
+            rep.problem(Err.journal_entry_bad, f"journal entry {seq} is {why} but a later "
+                        f"entry says it was durable; its keys are lost", lambda: None)
+        if view.dropped:
+            seqs = sorted(f.seq for f in view.dropped)
+            why = (f" (their data never reached the disk from {view.cut_missing_data})"
+                   if view.cut_missing_data is not None else "")
+            what = plural(len(seqs), "unacknowledged journal entry")
+            rep.problem(Err.journal_tail_dropped, f"{what} ({seqs[0]}..{seqs[-1]}) after the "
+                        f"end of the journal{why}",
+                        lambda: erase_entries(self.dev, sb, view.dropped))
+        if newest is None:
+            return
+        if sb.state == SbState.clean and newest.seq < sb.clean_journal_seq:
+            rep.problem(Err.journal_behind_clean, f"the superblock says clean at journal "
+                        f"entry {sb.clean_journal_seq}, the journal ends at {newest.seq}",
+                        lambda: None)
+        if view.needs_replay():
+            nkeys = sum(len(e.keys) for e in view.entries)
+            what = plural(len(view.entries), "journal entry")
+            rep.problem(Err.journal_replayed, f"replayed {what} ({view.entries[0].seq}.."
+                        f"{newest.seq}, {plural(nkeys, 'key')})", lambda: None)
+
+    def _unreplayable(self, sb, view, pre) -> set:
+        max_value = sb.btree_node_size // 2 - 4096
+        skip = set()
+        for seq, bid, key, why in unreplayable_keys(view, max_value):
+            skip.add((seq, bid, key))
+            from .mount import describe_key
+            self.rep.problem(Err.journal_key_bad, f"journal entry {seq}: key "
+                             f"{describe_key(bid, key)}: {why}; skipped", lambda: None)
+        return skip
+
+    def _mount(self, edev, sb, view, pre, skip):
+        plain = (not pre.rebuild and not view.damaged and not view.bogus and not skip
+                 and not view.dropped and journal_agrees(self.dev, sb, view))
+        if plain:
+            try:
+                return Engine(edev, discard=False)
+            except Exception:
+                if os.environ.get("PYFS_FSCK_DEBUG"):
+                    traceback.print_exc()
+        return RepairEngine(edev, view, pre, skip, discard=False)
+
+    @staticmethod
+    def _protect(ctx: Ctx, sync_rebuilt: bool) -> None:
+        """Until pass 4 trusts the alloc info: no bucket pass 2 saw in use may be
+        handed out, nothing is freed or discarded, copygc stays off."""
+        eng = ctx.eng
+        st = eng.alloc.state
+        st.discard_enabled = False
+        st.waiting.clear()
+        st.discard_ready.clear()
+        eng.alloc.on_low_space = None
+        idx = eng.alloc.index
+        used = ctx.pre.used
+        for b in range(eng.alloc.first, eng.alloc.end):
+            if used[b]:
+                idx.set_used(b)
+        ctx.alloc_frozen = True
+        if sync_rebuilt:
+            eng.sync_all()      # rebuilt btrees reach the disk before any repair
+
+    def summary(self) -> str:
+        rep = self.rep
+        if self.skipped:
+            return f"{self.name}: clean (use -f to check anyway)"
+        nerr, fixed, unfixed = rep.counts()
+        if any(INFO[p.err].severity == "fatal" for p in rep.problems):
+            status = "check aborted"
+        elif not nerr:
+            status = "clean"
+        elif not unfixed:
+            status = f"{nerr} errors, all fixed"
+        else:
+            status = f"{nerr} errors, {fixed} fixed, {unfixed} NOT fixed"
+        stats = ""
+        if self.ctx is not None and self.rep.pass_no >= 12:
+            m = self.ctx.model
+            ndirs = sum(1 for r in m.inodes.values() if stat.S_ISDIR(r.mode))
+            stats = (f"; {len(m.inodes)} inodes ({ndirs} directories), {m.nextents} extents, "
+                     f"{self.pre.nodes} btree nodes")
+        return f"{self.name}: {status}{stats}"
+
+
+def fsck_device(dev, opts: FsckOptions | None = None, *, name: str = "image",
+                out=None, ask_in=None, progress_out=None) -> FsckResult:
+    """Check (and, by opts.mode, repair) the filesystem on an open device."""
+    opts = opts or FsckOptions()
+    out = out if out is not None else sys.stdout
+    rep = Reporter(mode=opts.mode, verbose=opts.verbose, out=out, ask_in=ask_in,
+                   progress_out=progress_out)
+    run = Run(dev, opts, rep, name)
+    try:
+        run.go()
+    except FsckAbort:
+        pass
+    except Exception as e:
+        if os.environ.get("PYFS_FSCK_DEBUG"):
+            traceback.print_exc()
+        rep._record(Problem(Err.internal_error, f"pass {rep.pass_no} "
+                            f"({PASS_NAMES[rep.pass_no]}) failed: {type(e).__name__}: {e}",
+                            False, rep.pass_no))
+    finally:
+        rep.end_pass()
+        rep.clear_progress()
+    summary = run.summary()
+    out.write(summary + "\n")
+    out.flush()
+    return FsckResult(rep.exit_code(), rep.problems, summary)
+
+
+def fsck_path(path: str, opts: FsckOptions, *, out=None, ask_in=None,
+              progress_out=None) -> FsckResult:
+    """Open path exclusively (read-only for -n) and check it."""
+    out = out if out is not None else sys.stdout
+    try:
+        dev = open_device(path, read_only=opts.mode == MODE_NO, exclusive=True)
+    except DeviceBusy:
+        msg = f"{path} is in use (mounted?); refusing to check/repair it"
+        return FsckResult(EXIT_OPERATIONAL, [], msg)
+    except OSError as e:
+        return FsckResult(EXIT_OPERATIONAL, [], f"cannot open {path}: {e.strerror or e}"
+                          if not e.strerror or path not in e.strerror else e.strerror)
+    try:
+        return fsck_device(dev, opts, name=path, out=out, ask_in=ask_in,
+                           progress_out=progress_out)
+    finally:
+        dev.close()
+
+
+def check_engine(eng, verify_data: bool = False) -> list[str]:
+    """Passes 3..12 over a live, mounted engine, changing nothing: the problems
+    found, one line each (the t3 tests run this after every workload)."""
+    rep = Reporter(mode=MODE_NO, out=io.StringIO())
+    ctx = Ctx(eng.dev, eng.sb, eng, rep, FsckOptions(check_data=verify_data))
+    try:
+        for no, fn in PASSES:
+            rep.start_pass(no)
+            fn(ctx)
+    except Exception as e:
+        return [f"[{int(Err.internal_error)} internal_error] pass {rep.pass_no}: "
+                f"{type(e).__name__}: {e}"]
+    return [p.line() for p in rep.problems if INFO[p.err].severity != "info"]

@@ -1,0 +1,227 @@
+"""Reading the journal for fsck: every valid entry in the ring, then the chain to replay.
+
+Mount reads O(buckets) headers and walks from the newest bucket; fsck reads the
+whole ring once so that it can tell a torn end (normal after a crash: the
+journal simply ends there) from a damaged entry that a later, valid entry
+proves was durable (its keys are lost; replay goes on around it).
+
+The rule: the chain is last_seq..newest of the newest valid entry M. If an
+entry N in it is missing or damaged, N was durable iff M.flushed_seq >= N
+(M was sealed knowing N was on disk). Then N is damage (an error) and M stays
+the newest. Otherwise N was never acknowledged: the journal ends at N - 1 and
+the valid entries after it are an unacknowledged tail, ignored like mount
+ignores a torn end (and erased by a repair, so they cannot reappear once new
+entries reuse their sequence numbers).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+
+from ..format import (
+    BLOCK_SIZE,
+    BtreeId,
+    Extent,
+    FormatError,
+    JournalEntry,
+    KeyType,
+    checksum,
+    unpack_jset,
+    unpack_jset_header,
+)
+
+
+@dataclass
+class Found:
+    """A valid entry's header fields and where it lies (ring offset)."""
+    seq: int
+    last_seq: int
+    flushed_seq: int
+    pos: int
+    size: int
+
+
+@dataclass
+class JournalView:
+    entries: list[JournalEntry] = field(default_factory=list)    # the chain, in seq order
+    positions: list[int] = field(default_factory=list)
+    head: int = 0
+    damaged: list[tuple[int, str]] = field(default_factory=list)  # (seq, why): durable, lost
+    dropped: list[Found] = field(default_factory=list)           # unacknowledged tail
+    cut_missing_data: int | None = None                          # seq of the data cut
+    bogus: list[tuple[Found, str]] = field(default_factory=list)  # valid csum, impossible fields
+
+    @property
+    def newest(self) -> JournalEntry | None:
+        return self.entries[-1] if self.entries else None
+
+    def needs_replay(self) -> bool:
+        n = self.newest
+        return n is not None and not (n.last_seq == n.seq and not n.keys)
+
+
+class RingReader:
+    """Reads a journal ring bucket by bucket and finds every valid entry."""
+
+    def __init__(self, dev, sb):
+        self.dev = dev
+        self.bsize = sb.bucket_size
+        self.start = sb.journal_bucket * sb.bucket_size
+        self.nbuckets = sb.journal_nbuckets
+        self.ring = self.bsize * self.nbuckets
+
+    def bucket(self, b: int) -> bytes:
+        return self.dev.pread(self.bsize, self.start + b * self.bsize)
+
+    def scan(self) -> tuple[dict[int, Found], dict[int, int]]:
+        """(seq -> valid entry, seq -> ring offset of a damaged entry claiming it)."""
+        good: dict[int, Found] = {}
+        bad: dict[int, int] = {}
+        for b in range(self.nbuckets):
+            buf = self.bucket(b)
+            pos = 0
+            while pos + BLOCK_SIZE <= self.bsize:
+                h = unpack_jset_header(buf[pos:pos + BLOCK_SIZE], 0)
+                if h is None:
+                    pos += BLOCK_SIZE
+                    continue
+                ring_pos = b * self.bsize + pos
+                try:
+                    e = unpack_jset(buf[pos:], self.start + ring_pos)
+                except FormatError:
+                    bad.setdefault(h[0], ring_pos)
+                    pos += BLOCK_SIZE
+                    continue
+                if e.seq not in good:
+                    good[e.seq] = Found(e.seq, e.last_seq, e.flushed_seq, ring_pos, e.size)
+                pos += e.size
+        return good, bad
+
+    def entry(self, f: Found) -> JournalEntry:
+        b, off = divmod(f.pos, self.bsize)
+        buf = self.dev.pread(f.size, self.start + b * self.bsize + off)
+        return unpack_jset(buf, self.start + f.pos)
+
+
+def read_view(dev, sb) -> JournalView:
+    """Find the journal chain fsck replays, classifying what it skips."""
+    r = RingReader(dev, sb)
+    good, bad = r.scan()
+    view = JournalView()
+    seqs = _newest_chain_end(sorted(good), good, view, r.ring // BLOCK_SIZE)
+    _fill(view, r, good, bad, seqs)
+    cut = _cut_missing_data(dev, view)
+    if cut is not None:
+        view.cut_missing_data = cut
+        view.dropped.extend(good[s] for s in seqs if s >= cut)
+        seqs = _newest_chain_end([s for s in seqs if s < cut], good, view, r.ring // BLOCK_SIZE)
+        _fill(view, r, good, bad, seqs)
+    return view
+
+
+def _newest_chain_end(seqs: list[int], good: dict[int, Found], view: JournalView,
+                      max_chain: int) -> list[int]:
+    """Drop bogus entries and unacknowledged tails from the end of the sorted seqs."""
+    while seqs:
+        top = good[seqs[-1]]
+        if top.seq - top.last_seq + 1 > max_chain:
+            view.bogus.append((top, f"entry {top.seq} claims to need entries from "
+                                    f"{top.last_seq} on, more than the ring can hold"))
+            seqs.pop()
+            continue
+        gap = _first_gap(seqs, top.last_seq, top.seq)
+        if gap is None or top.flushed_seq >= gap:
+            break
+        # The tail from gap on was never acknowledged: the journal ends before it.
+        i = bisect_left(seqs, gap)
+        view.dropped.extend(good[s] for s in seqs[i:])
+        del seqs[i:]
+    return seqs
+
+
+def _fill(view: JournalView, r: RingReader, good: dict[int, Found], bad: dict[int, int],
+          seqs: list[int]) -> None:
+    view.entries, view.positions, view.damaged, view.head = [], [], [], 0
+    if not seqs:
+        return
+    top = good[seqs[-1]]
+    chain = seqs[bisect_left(seqs, top.last_seq):]
+    for missing in _gaps(chain, top.last_seq, top.seq):
+        view.damaged.append((missing, "damaged" if missing in bad else "missing"))
+    for s in chain:
+        view.entries.append(r.entry(good[s]))
+        view.positions.append(good[s].pos)
+    view.head = top.pos + top.size
+
+
+def _first_gap(seqs: list[int], lo: int, hi: int) -> int | None:
+    """The first seq in [lo, hi] not in the sorted list seqs, or None."""
+    i = bisect_left(seqs, lo)
+    j = bisect_right(seqs, hi)
+    if j - i == hi - lo + 1:
+        return None
+    expect = lo
+    for s in seqs[i:j]:
+        if s != expect:
+            return expect
+        expect += 1
+    return expect
+
+
+def _gaps(chain: list[int], lo: int, hi: int) -> list[int]:
+    """Seqs in [lo, hi] missing from the sorted chain (bounded by the ring size)."""
+    out = []
+    expect = lo
+    for s in chain:
+        out.extend(range(expect, s))
+        expect = s + 1
+    out.extend(range(expect, hi + 1))
+    return out
+
+
+def _cut_missing_data(dev, view: JournalView) -> int | None:
+    """Mount's rule for ordered data: the seq before which the journal is cut because
+    an entry newer than the newest one's flushed_seq introduced extents whose data
+    never reached the disk (None: no cut). Values that do not decode are left to
+    the key checks."""
+    ents = view.entries
+    if not ents:
+        return None
+    marker = ents[-1].flushed_seq
+    cut = None
+    while True:
+        bad = _unverified(dev, ents, marker, cut)
+        if bad is None:
+            return cut
+        cut = bad
+
+
+def _unverified(dev, ents: list[JournalEntry], marker: int, before: int | None) -> int | None:
+    final: dict[bytes, tuple[int, bytes]] = {}
+    for e in ents:
+        if e.seq > marker and (before is None or e.seq < before):
+            for bid, lv, k, v in e.keys:
+                if bid == BtreeId.extents and not lv:
+                    final[k] = (e.seq, v)
+    for seq, v in sorted(final.values()):
+        if not v or v[0] != KeyType.extent:
+            continue
+        try:
+            x = Extent.unpack(v)
+        except FormatError:
+            continue
+        n = x.region_blocks * BLOCK_SIZE
+        if not n or x.dev_offset % BLOCK_SIZE or x.dev_offset + n > dev.size or n > 1 << 26:
+            continue
+        if checksum(dev.pread(n, x.dev_offset)) != x.csum:
+            return seq
+    return None
+
+
+def erase_entries(dev, sb, found: list[Found]) -> None:
+    """Zero the first block of each entry so that no later scan finds it."""
+    start = sb.journal_bucket * sb.bucket_size
+    zero = bytes(BLOCK_SIZE)
+    for f in found:
+        dev.pwrite(zero, start + f.pos)

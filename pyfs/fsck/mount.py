@@ -1,0 +1,234 @@
+"""Mounting an image for fsck: the normal engine when the journal and btrees are
+sound, a repair mount when they are not, and a copy-on-write overlay for -n.
+
+RepairEngine is the engine with a tolerant mount: it replays the journal
+chain fsck chose (pyfs/fsck/journal.py) instead of mount's, recreates the
+btrees pass 2 found damaged from their salvaged keys (inserted before the
+journal is replayed over them), skips journal keys that cannot be replayed,
+and marks every bucket pass 2 saw in use as taken before anything is
+allocated, so no repair can overwrite live data while the alloc info is not
+yet trusted.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..device import Device
+from ..engine import Engine
+from ..format import (
+    BLOCK_SIZE,
+    BTREE_ID_NR,
+    BtreeId,
+    DataType,
+    SbState,
+    key_to_text,
+)
+from ..journal.read import JournalError, read_journal
+from ..superblock import write_superblock
+from .journal import JournalView
+from .topology import Prescan, _alloc_ok
+
+
+class OverlayDevice(Device):
+    """A device whose writes stay in memory: fsck -n runs every step of a check
+    (journal replay, rebuilt btrees) without changing the image."""
+
+    def __init__(self, inner: Device):
+        super().__init__(inner.path, inner.size, read_only=False, is_block=inner.is_block)
+        self.inner = inner
+        self.blocks: dict[int, bytes] = {}
+
+    def pread(self, length: int, offset: int) -> bytes:
+        if not self.blocks:
+            return self.inner.pread(length, offset)
+        self._check_range("read", length, offset)
+        first = offset // BLOCK_SIZE
+        last = (offset + length - 1) // BLOCK_SIZE if length else first - 1
+        if not any(b in self.blocks for b in range(first, last + 1)):
+            return self.inner.pread(length, offset)
+        start = first * BLOCK_SIZE
+        buf = bytearray(self.inner.pread((last + 1) * BLOCK_SIZE - start, start)) \
+            if (last + 1) * BLOCK_SIZE <= self.size else self._read_tail(start, last)
+        for b in range(first, last + 1):
+            blk = self.blocks.get(b)
+            if blk is not None:
+                buf[(b - first) * BLOCK_SIZE:(b - first + 1) * BLOCK_SIZE] = blk
+        s = offset - start
+        return bytes(buf[s:s + length])
+
+    def _read_tail(self, start: int, last: int) -> bytearray:
+        buf = bytearray(self.inner.pread(self.size - start, start))
+        return buf + bytes((last + 1) * BLOCK_SIZE - start - len(buf))
+
+    def pwrite(self, data, offset: int) -> None:
+        data = bytes(data)
+        self._check_range("write", len(data), offset)
+        pos = 0
+        while pos < len(data):
+            b, within = divmod(offset + pos, BLOCK_SIZE)
+            n = min(BLOCK_SIZE - within, len(data) - pos)
+            if n == BLOCK_SIZE:
+                self.blocks[b] = data[pos:pos + n]
+            else:
+                blk = bytearray(self.pread(BLOCK_SIZE, b * BLOCK_SIZE)
+                                if (b + 1) * BLOCK_SIZE <= self.size else
+                                self.pread(self.size - b * BLOCK_SIZE, b * BLOCK_SIZE).ljust(
+                                    BLOCK_SIZE, b"\0"))
+                blk[within:within + n] = data[pos:pos + n]
+                self.blocks[b] = bytes(blk)
+            pos += n
+
+    def flush(self) -> None:
+        pass
+
+    def discard(self, offset: int, length: int) -> None:
+        self._check_range("discard", length, offset)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RepairEngine(Engine):
+    """The engine, mounted from fsck's journal chain with damaged btrees rebuilt."""
+
+    def __init__(self, dev, view: JournalView, pre: Prescan, skip_keys: set, **kw):
+        self._fsck_view = view
+        self._fsck_pre = pre
+        self._fsck_skip = skip_keys
+        super().__init__(dev, **kw)
+
+    def _mount(self) -> None:
+        sb = self.sb
+        view = self._fsck_view
+        pre = self._fsck_pre
+        j = self.journal
+        bt = self.btrees
+        newest = view.newest
+        if newest is None:
+            j.resume([], 0, 1)
+        else:
+            j.resume([(e.seq, p, e.size, e.last_seq)
+                      for e, p in zip(view.entries, view.positions)], view.head, newest.seq + 1)
+            for bid, (level, offset, node_seq) in sorted(pre.roots.items()):
+                if bid not in pre.rebuild:
+                    bt.set_root(bid, level, offset, node_seq)
+        overlay = self._alloc_overlay()
+        self.alloc.build(overlay, j.durable_seq)
+        idx = self.alloc.index
+        for b in range(self.alloc.first, self.alloc.end):
+            if pre.used[b]:
+                idx.set_used(b)
+        for bid in range(BTREE_ID_NR):
+            if bt.roots[bid] is None:
+                bt.new_root(bid)
+        self._insert_salvage()
+        self._free_old_nodes()
+        self._replay(view)
+        self.alloc.mount_done()
+        self.alloc.apply_deferred(j.cur_seq)
+        sb.state = SbState.dirty
+        sb.mount_count += 1
+        sb.mtime_ns = time.time_ns()
+        write_superblock(self.dev, sb)
+
+    def _alloc_overlay(self) -> dict[int, bytes]:
+        """Alloc keys the allocator starts from: salvaged ones if the alloc btree is
+        rebuilt, with the journal's newer ones over them."""
+        overlay: dict[int, bytes] = {}
+        for ts in self._fsck_pre.trees:
+            if ts.bid == BtreeId.alloc and ts.salvage is not None:
+                for k, (_seq, v) in ts.salvage.items():
+                    overlay[int.from_bytes(k[8:], "big")] = v
+        for e in self._fsck_view.entries:
+            for bid, lv, k, v in e.keys:
+                if bid == BtreeId.alloc and not lv and v and _alloc_ok(v):
+                    overlay[int.from_bytes(k[8:], "big")] = v
+        return overlay
+
+    def _insert_salvage(self) -> None:
+        bt = self.btrees
+        seq = self.journal.cur_seq
+        for ts in self._fsck_pre.trees:
+            if ts.salvage is None or ts.bid not in self._fsck_pre.rebuild:
+                continue
+            for k in sorted(ts.salvage):
+                v = ts.salvage[k][1]
+                if 0 < len(v) <= bt.max_value:
+                    bt.insert(ts.bid, k, v, seq)
+
+    def _free_old_nodes(self) -> None:
+        """The regions of the btrees just rebuilt are free now (as a node retired by
+        a merge is), when their alloc keys agree; pass 4 fixes the others."""
+        st = self.alloc.state
+        sectors = self.node_size // 512
+        done: set[int] = set()
+        for ts in self._fsck_pre.trees:
+            if ts.bid not in self._fsck_pre.rebuild:
+                continue
+            for off in ts.regions:
+                b = off // self.sb.bucket_size
+                if off in done or not self.alloc.first <= b < self.alloc.end:
+                    continue
+                a = st.get(b)
+                if a.data_type == DataType.btree and a.dirty_sectors >= sectors:
+                    self.alloc.free_node(off, self.journal.cur_seq)
+                    done.add(off)
+
+    def _replay(self, scan) -> None:
+        view: JournalView = scan
+        if not view.needs_replay():
+            return
+        bt = self.btrees
+        rebuild = self._fsck_pre.rebuild
+        skip = self._fsck_skip
+        ents = view.entries
+        levels = sorted({lv for e in ents for _b, lv, _k, _v in e.keys if lv}, reverse=True)
+        for level in levels:
+            for e in ents:
+                for bid, lv, key, val in e.keys:
+                    if lv == level and bid not in rebuild:
+                        bt.apply_interior(bid, lv, key, val, e.seq)
+        for e in ents:
+            for bid, lv, key, val in e.keys:
+                if lv or (e.seq, bid, key) in skip:
+                    continue
+                if val:
+                    bt.insert(bid, key, val, e.seq)
+                else:
+                    bt.delete(bid, key, e.seq)
+                self.replayed_keys += 1
+            self.replayed_entries += 1
+        bt.dirty = dict.fromkeys(sorted(bt.dirty, key=lambda n: n.pin_seq))
+
+
+def unreplayable_keys(view: JournalView, max_value: int) -> list[tuple[int, int, bytes, str]]:
+    """Journal keys replay cannot apply: (seq, btree, key, why)."""
+    out = []
+    for e in view.entries:
+        for bid, lv, key, val in e.keys:
+            if lv:
+                continue
+            if len(val) > max_value:
+                out.append((e.seq, bid, key, f"value of {len(val)} bytes exceeds the "
+                                             f"{max_value} byte limit"))
+            elif bid == BtreeId.alloc and val and not _alloc_ok(val):
+                out.append((e.seq, bid, key, "alloc value does not decode"))
+    return out
+
+
+def journal_agrees(dev, sb, view: JournalView) -> bool:
+    """Whether mount's own journal reading finds the chain fsck chose."""
+    try:
+        scan = read_journal(dev, sb.journal_bucket * sb.bucket_size, sb.bucket_size,
+                            sb.journal_nbuckets)
+    except (JournalError, Exception):
+        return False
+    return [e.seq for e in scan.entries] == [e.seq for e in view.entries] or (
+        view.cut_missing_data is not None and bool(scan.entries)
+        and [e.seq for e in scan.entries if e.seq < view.cut_missing_data]
+        == [e.seq for e in view.entries])
+
+
+def describe_key(bid: int, key: bytes) -> str:
+    return f"{BtreeId(bid).name} {key_to_text(key)}"

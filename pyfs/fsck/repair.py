@@ -1,0 +1,229 @@
+"""Repair primitives shared by the passes: transactions, inodes, hashed tables.
+
+Every change goes through the engine's transactions, so it is journaled and
+atomic like any other update. Before the alloc pass has made the allocation
+info trustworthy, changes run with the extents trigger off (no_triggers) and
+the alloc pass recounts afterwards; from then on the triggers keep alloc keys
+and backpointers right, exactly as in normal operation.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..format import (
+    JSET_HDR_SIZE,
+    BtreeId,
+    Dirent,
+    Inode,
+    KeyType,
+    Xattr,
+    pack_key,
+)
+from ..fs import dir as hashtab
+from ..fs.inode import inode_key, orphan_key
+
+INO = BtreeId.inodes
+EXT = BtreeId.extents
+DIRENTS = BtreeId.dirents
+XATTRS = BtreeId.xattrs
+MAX_LO = (1 << 64) - 1
+_u64 = struct.Struct("<Q")
+
+
+@contextmanager
+def no_triggers(eng) -> Iterator[None]:
+    saved = eng.triggers
+    eng.triggers = {}
+    try:
+        yield
+    finally:
+        eng.triggers = saved
+
+
+def chunk_keys(eng) -> int:
+    """Keys per transaction for bulk deletes: a quarter of a journal entry."""
+    j = eng.journal
+    return max(8, (j.entry_max - JSET_HDR_SIZE - j.slack) // 4 // 96)
+
+
+def apply(eng, updates: list[tuple[int, bytes, bytes | None]]) -> None:
+    """Commit (btree, key, value or None) updates in journal-sized transactions."""
+    n = chunk_keys(eng)
+    for i in range(0, len(updates), n):
+        t = eng.trans()
+        for bid, key, val in updates[i:i + n]:
+            if val is None:
+                t.delete(bid, key)
+            else:
+                t.set(bid, key, val)
+        t.commit()
+
+
+def get_inode(eng, inum: int) -> Inode | None:
+    v = eng.btrees.get(INO, inode_key(inum))
+    return Inode.unpack(v) if v is not None else None
+
+
+def update_inode(eng, inum: int, **fields) -> None:
+    ino = get_inode(eng, inum)
+    if ino is None:
+        return
+    t = eng.trans()
+    t.set(INO, inode_key(inum), ino.replace(**fields).pack())
+    t.commit()
+
+
+def put_inode(eng, inum: int, ino: Inode) -> None:
+    t = eng.trans()
+    t.set(INO, inode_key(inum), ino.pack())
+    t.commit()
+
+
+def owned_keys(eng, bid: int, owner: int, limit: int) -> list[bytes]:
+    out = []
+    for k, _v in eng.btrees.iter(bid, pack_key(owner, 0), pack_key(owner, MAX_LO)):
+        out.append(k)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def owns_any(eng, bid: int, owner: int) -> bool:
+    return eng.btrees.first(bid, pack_key(owner, 0), pack_key(owner, MAX_LO)) is not None
+
+
+def delete_owned(eng, bid: int, owner: int) -> int:
+    """Delete every key of owner in btree bid, a transaction per chunk."""
+    n = chunk_keys(eng)
+    total = 0
+    while True:
+        keys = owned_keys(eng, bid, owner, n)
+        if not keys:
+            return total
+        apply(eng, [(bid, k, None) for k in keys])
+        total += len(keys)
+
+
+def delete_inode(eng, inum: int) -> None:
+    """Delete an inode with its extents, xattrs and orphan entry (not its dirents)."""
+    delete_owned(eng, EXT, inum)
+    delete_owned(eng, XATTRS, inum)
+    t = eng.trans()
+    t.delete(INO, inode_key(inum))
+    if eng.btrees.get(INO, orphan_key(inum)) is not None:
+        t.delete(INO, orphan_key(inum))
+    t.commit()
+
+
+# --------------------------------------------------------------------------
+# Hashed tables (dirents, xattrs): the fs layer's probing rules (pyfs/fs/dir.py)
+
+
+def entry_of(bid: int, v: bytes) -> tuple[bytes | None, int | None]:
+    """(name or None for a tombstone, home slot or None) of a hashed-table value;
+    a value that does not decode counts as a live entry of unknown home."""
+    if bid == DIRENTS:
+        if len(v) < Dirent.SIZE or v[0] != KeyType.dirent:
+            return b"", None
+        if v[1:9] == bytes(8):
+            return None, None
+        return v[Dirent.SIZE:], _u64.unpack_from(v, 10)[0]
+    if len(v) < Xattr.SIZE or v[0] != KeyType.xattr:
+        return b"", None
+    n = v[1]
+    if not n:
+        return None, None
+    return v[Xattr.SIZE:Xattr.SIZE + n], _u64.unpack_from(v, 2)[0]
+
+
+def tombstone(bid: int, home: int) -> bytes:
+    if bid == DIRENTS:
+        return Dirent(inum=0, d_type=0, hash=home).pack()
+    return Xattr(name_len=0, hash=home).pack()
+
+
+def table_remove(t, bid: int, owner: int, slot: int) -> None:
+    """Remove the entry at slot (pyfs/fs/dir.py's rules): it becomes a tombstone if
+    a later entry of its run probes through it, else it goes with the tombstones
+    right before it. Entries that do not decode are treated as probing through."""
+    s = slot + 1
+    while True:
+        v = t.get(bid, pack_key(owner, s))
+        if v is None:
+            break
+        name, home = entry_of(bid, v)
+        if name is not None and (home is None or home <= slot):
+            old = t.get(bid, pack_key(owner, slot))
+            _oname, ohome = entry_of(bid, old) if old is not None else (None, None)
+            t.set(bid, pack_key(owner, slot), tombstone(bid, ohome if ohome else slot))
+            return
+        s += 1
+    t.delete(bid, pack_key(owner, slot))
+    s = slot - 1
+    while True:
+        v = t.get(bid, pack_key(owner, s))
+        if v is None or entry_of(bid, v)[0] is not None:
+            return
+        t.delete(bid, pack_key(owner, s))
+        s -= 1
+
+
+def free_slot(t, bid: int, owner: int, home: int, name: bytes) -> tuple[int | None, int]:
+    """(slot of an entry already named name or None, slot an insert should take):
+    linear probing from home, reusing the first tombstone."""
+    slot = home
+    free = None
+    while True:
+        v = t.get(bid, pack_key(owner, slot))
+        if v is None:
+            return None, slot if free is None else free
+        n, _h = entry_of(bid, v)
+        if n is None:
+            if free is None:
+                free = slot
+        elif n == name:
+            return slot, slot if free is None else free
+        slot += 1
+
+
+def unique_name(t, seed: int, owner: int, base: bytes) -> bytes:
+    """base, or base~N for the first N that makes it unique in directory owner."""
+    name = base[:255]
+    n = 0
+    while True:
+        slot, _free = free_slot(t, DIRENTS, owner, hashtab.name_hash(seed, name), name)
+        if slot is None:
+            return name
+        n += 1
+        suffix = b"~%d" % n
+        name = base[:255 - len(suffix)] + suffix
+
+
+def add_dirent(t, seed: int, owner: int, name: bytes, inum: int, d_type: int) -> int:
+    """Insert a dirent (name must be unique in owner); returns its slot."""
+    home = hashtab.name_hash(seed, name)
+    _slot, free = free_slot(t, DIRENTS, owner, home, name)
+    t.set(DIRENTS, pack_key(owner, free),
+          Dirent(inum=inum, d_type=d_type, hash=home, tail=name).pack())
+    return free
+
+
+def is_dir_mode(mode: int) -> bool:
+    return stat.S_ISDIR(mode)
+
+
+def show(name: bytes, limit: int = 48) -> str:
+    """A name for a message: repr of its bytes, shortened."""
+    if len(name) > limit:
+        return repr(name[:limit])[:-1] + "...'"
+    return repr(name)
+
+
+def plural(n: int, noun: str) -> str:
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
