@@ -18,6 +18,7 @@ import time
 from .alloc.copygc import Copygc
 from .alloc.foreground import Allocator, NoSpace  # noqa: F401  (re-exported)
 from .btree.tree import BtreeSet
+from .device import OverlayDevice
 from .format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
@@ -53,6 +54,10 @@ class Engine:
     def __init__(self, dev, *, write_buffer: int | None = None, cache_nodes: int = 512,
                  read_only: bool = False, background: bool = False, backpointers: bool = True,
                  discard: bool = True):
+        if read_only and not isinstance(dev, OverlayDevice):
+            # Replay may split or compact nodes: keep those writes in memory so
+            # a read-only mount, fsck -n or an inspection never touches the image.
+            dev = OverlayDevice(dev)
         self.dev = dev
         self.read_only = read_only
         # With a background flusher (the mount daemon), commits leave journal

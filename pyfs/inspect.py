@@ -18,7 +18,6 @@ from collections.abc import Iterator
 
 from .device import Device, open_device
 from .format import (
-    BLOCK_SIZE,
     MAX_KEY,
     ZERO_KEY,
     BtreeId,
@@ -35,79 +34,6 @@ class InspectError(Exception):
 
 # --------------------------------------------------------------------------
 # A copy-on-write view of a device
-
-
-class OverlayDevice(Device):
-    """Reads come from `inner` (opened read-only); writes stay in memory.
-
-    Block-granular: a write touching a block copies the block into the
-    overlay first, so later reads see inner's bytes patched by every write.
-    """
-
-    def __init__(self, inner: Device):
-        super().__init__(inner.path, inner.size, read_only=False, is_block=inner.is_block)
-        self.inner = inner
-        self.blocks: dict[int, bytearray] = {}
-
-    def _block(self, b: int) -> bytearray:
-        blk = self.blocks.get(b)
-        if blk is None:
-            start = b * BLOCK_SIZE
-            blk = bytearray(self.inner.pread(min(BLOCK_SIZE, self.size - start), start))
-            self.blocks[b] = blk
-        return blk
-
-    def pread(self, length: int, offset: int) -> bytes:
-        self._check_range("read", length, offset)
-        c = self.counters
-        c["reads"] += 1
-        c["read_bytes"] += length
-        data = self.inner.pread(length, offset)
-        if not self.blocks or not length:
-            return data
-        out = bytearray(data)
-        first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
-        if last - first + 1 < len(self.blocks):
-            touched = (b for b in range(first, last + 1) if b in self.blocks)
-        else:
-            touched = (b for b in self.blocks if first <= b <= last)
-        for b in touched:
-            start = b * BLOCK_SIZE
-            lo, hi = max(start, offset), min(start + len(self.blocks[b]), offset + length)
-            out[lo - offset:hi - offset] = self.blocks[b][lo - start:hi - start]
-        return bytes(out)
-
-    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        data = memoryview(data).cast("B")
-        self._check_range("write", len(data), offset)
-        c = self.counters
-        c["writes"] += 1
-        c["write_bytes"] += len(data)
-        pos, end = offset, offset + len(data)
-        while pos < end:
-            b = pos // BLOCK_SIZE
-            start = b * BLOCK_SIZE
-            n = min(end, start + BLOCK_SIZE) - pos
-            self._block(b)[pos - start:pos - start + n] = data[pos - offset:pos - offset + n]
-            pos += n
-
-    def flush(self) -> None:
-        self.counters["flushes"] += 1
-
-    def discard(self, offset: int, length: int) -> None:
-        self._check_range("discard", length, offset)
-        self.counters["discards"] += 1
-        self.counters["discard_bytes"] += length
-        zero = bytes(min(length, 1 << 20))
-        pos = offset
-        while pos < offset + length:
-            n = min(len(zero), offset + length - pos)
-            self.pwrite(zero[:n], pos)
-            pos += n
-
-    def close(self) -> None:
-        self.blocks.clear()
-        self.inner.close()
 
 
 # --------------------------------------------------------------------------
@@ -128,7 +54,7 @@ def mount_readonly(dev: Device):
     from .engine import Engine, MountError
     from .journal.read import JournalError
     try:
-        return Engine(OverlayDevice(dev), read_only=True)
+        return Engine(dev, read_only=True)     # replays onto an in-memory overlay
     except (MountError, BtreeError, JournalError, FormatError) as e:
         raise InspectError(f"{dev.path}: not a usable pyfs filesystem: {e}") from None
 
