@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from pyfs import cli
-from pyfs.device import MemDevice, open_device
+from pyfs.device import MemDevice, OverlayDevice, open_device
 from pyfs.engine import Engine
 from pyfs.format import MAX_KEY, Inode, KeyType, key_to_text, pack_key
-from pyfs.inspect import InspectError, OverlayDevice, mount_readonly, open_image, parse_pos
+from pyfs.inspect import InspectError, mount_readonly, open_image, parse_pos
 from pyfs.mkfs import format_device
 
 REPO = Path(__file__).resolve().parent.parent
