@@ -291,6 +291,21 @@ def test_cli_interrupt_exits_32(img_file, monkeypatch, capsys):
     assert cli.fsck_main(["-y", str(img_file)]) == 32
 
 
+def test_console_scripts(img_file):
+    """The installed entry points, as a user or fsck(8) runs them."""
+    import subprocess
+    import sys
+    bindir = Path(sys.executable).parent
+    for argv, code in ((["fsck.pyfs", "-n", str(img_file)], 0),
+                       (["pyfs", "fsck", "-fy", str(img_file)], 0),
+                       (["fsck.pyfs", "-x", str(img_file)], 16)):
+        exe = bindir / argv[0]
+        if not exe.exists():
+            pytest.skip(f"{exe} not installed")
+        r = subprocess.run([str(exe), *argv[1:]], capture_output=True, text=True, timeout=120)
+        assert r.returncode == code, (argv, r.stdout, r.stderr)
+
+
 def test_fsck_path_n_opens_read_only(img_file):
     before = img_file.read_bytes()
     res = fsck_path(str(img_file), FsckOptions(mode="no", force=True), out=io.StringIO())

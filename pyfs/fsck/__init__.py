@@ -32,7 +32,13 @@ from .context import Ctx, FsckOptions
 from .errors import ERROR_TABLE, INFO, PASS_NAMES, Err
 from .journal import erase_entries, read_view
 from .keys import pass3
-from .mount import OverlayDevice, RepairEngine, journal_agrees, unreplayable_keys
+from .mount import (
+    OverlayDevice,
+    RepairEngine,
+    journal_agrees,
+    tolerate_alloc,
+    unreplayable_keys,
+)
 from .names import pass8, pass9
 from .passes import pass6, pass7
 from .repair import plural
@@ -165,7 +171,9 @@ class Run:
                  and not view.dropped and journal_agrees(self.dev, sb, view))
         if plain:
             try:
-                return Engine(edev, discard=False)
+                eng = Engine(edev, discard=False)
+                tolerate_alloc(eng)
+                return eng
             except Exception:
                 if os.environ.get("PYFS_FSCK_DEBUG"):
                     traceback.print_exc()

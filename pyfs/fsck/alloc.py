@@ -43,6 +43,7 @@ from ..format import (
 )
 from .context import Ctx
 from .errors import Err
+from .mount import trust_alloc
 from .repair import apply, no_triggers
 
 ALLOC = BtreeId.alloc
@@ -223,10 +224,11 @@ def _compare(ctx: Ctx, keys: AllocKeys, sectors: array, kind: bytearray,
     if fixes:
         st.flush_cache()
         apply(ctx.eng, fixes)
-    if getattr(ctx, "alloc_frozen", False) or fixes:
+    if ctx.alloc_frozen or fixes:
         alloc.rebuild_from_keys()
         st.discard_enabled = True
         ctx.alloc_frozen = False
+    trust_alloc(ctx.eng)
 
 
 def _expected_key(ctx: Ctx, keys: AllocKeys, b: int, s: int, k: int, new_gen: int | None,

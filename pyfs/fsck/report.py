@@ -200,7 +200,7 @@ class Reporter:
             return
         if self._progress is None:
             self._progress = Progress(self.progress_out)
-        self._progress.show(f"Pass {self.pass_no} {what}", done, total)
+        self._progress.show(self.pass_no, what, done, total)
 
     def clear_progress(self) -> None:
         if self._progress is not None:
@@ -217,19 +217,22 @@ class Progress:
         self.last = 0.0
         self.shown = False
 
-    def show(self, label: str, done: int, total: int) -> None:
+    def show(self, pass_no: int, label: str, done: int, total: int) -> None:
+        """Overall progress by pass, refined by done/total within it when known."""
         now = time.monotonic()
         if now - self.last < 0.1:
             return
         self.last = now
-        frac = min(1.0, done / total) if total > 0 else 0.0
+        within = min(1.0, done / total) if total > 0 else 0.0
+        frac = min(1.0, (max(pass_no, 1) - 1 + within) / 12)
         bar = "#" * int(frac * self.WIDTH)
-        self.out.write(f"\r{label[:40]:<40} [{bar:<{self.WIDTH}}] {frac:6.1%}")
+        self.out.write(f"\rPass {pass_no:>2}/12 [{bar:<{self.WIDTH}}] {label[:24]:<24} "
+                       f"{done:>10}")
         self.out.flush()
         self.shown = True
 
     def clear(self) -> None:
         if self.shown:
-            self.out.write("\r" + " " * (42 + self.WIDTH + 10) + "\r")
+            self.out.write("\r" + " " * (self.WIDTH + 52) + "\r")
             self.out.flush()
             self.shown = False

@@ -17,14 +17,14 @@ from __future__ import annotations
 import struct
 
 from ..format import SB_OFFSET, SB_SIZE, FormatError, Superblock, backup_sb_offset
-from ..superblock import write_superblock
+from ..superblock import sb_field_layout, write_superblock
 from .errors import Err
 from .journal import RingReader
 
 GEOMETRY = ("uuid", "bucket_size", "btree_node_size", "nbuckets", "device_size",
             "first_data_bucket", "journal_bucket", "journal_nbuckets", "group_buckets",
             "features", "version", "block_size")
-_DEVICE_SIZE_AT = 80        # byte offset of device_size in a packed superblock
+_DEVICE_SIZE_AT = next(off for n, _c, off, _s in sb_field_layout() if n == "device_size")
 
 
 def _read(dev, offset: int) -> tuple[Superblock | None, str]:
