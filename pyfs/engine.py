@@ -23,6 +23,7 @@ from .format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
     JSET_KEY_SIZE,
+    SB_BLACKLIST_MAX,
     BtreeId,
     Extent,
     KeyType,
@@ -34,11 +35,25 @@ from .journal.read import JournalScan, read_journal
 from .superblock import read_superblock, write_superblock
 from .trans import Trans, Trigger
 
+# Journal seqs a session reserves in the superblock at a time.
+SEQ_RESERVE_WINDOW = 1 << 24
 # Journal bytes a trigger may derive from one update (two backpointer changes).
 DERIVED_ESTIMATE = 2 * (JSET_KEY_SIZE + 32)
 # Reclaim starts when the journal ring is this full, and writes nodes pinning
 # the oldest half of the live journal.
 RECLAIM_WATERMARK = 0.5
+
+
+def _add_range(ranges: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
+    """Add [a, b] to sorted disjoint ranges, merging any it overlaps."""
+    out = []
+    for x, y in ranges:
+        if y < a - 1 or x > b + 1:
+            out.append((x, y))
+        else:
+            a, b = min(a, x), max(b, y)
+    out.append((a, b))
+    return sorted(out)
 
 
 class MountError(Exception):
@@ -107,27 +122,45 @@ class Engine:
         sb = self.sb
         jargs = (self.dev, sb.journal_bucket * sb.bucket_size, sb.bucket_size,
                  sb.journal_nbuckets)
-        scan = read_journal(*jargs)
+        blacklist = list(sb.blacklist)
+        scan = read_journal(*jargs, blacklist=blacklist)
         bad = self._first_entry_missing_data(scan)
         if bad is not None:
             self.warnings.append(f"journal entries from {bad} on point at data that never "
                                  f"reached the disk; they were not acknowledged: dropped")
             self.counters["journal_dropped_entries"] = scan.newest.seq - bad + 1
-            scan = read_journal(*jargs, stop_before=bad)
+            scan = read_journal(*jargs, stop_before=bad, blacklist=blacklist)
         self.scan = scan
         newest = scan.newest
         j = self.journal
+        durable = newest.seq if newest is not None else 0
+        next_seq = durable + 1
+        if sb.state == SbState.dirty and sb.seq_reserved > durable:
+            # The crashed session may have written node bsets and journal
+            # entries with any seq up to its reservation, none durable: ignore
+            # those seqs for good and continue above them.
+            blacklist = _add_range(blacklist, durable + 1, sb.seq_reserved)
+            next_seq = sb.seq_reserved + 1
+            self.counters["journal_blacklisted_ranges"] = len(blacklist)
+        self.blacklist = blacklist
+        self.btrees.seq_blacklisted = (
+            (lambda seq: any(a <= seq <= b for a, b in blacklist)) if blacklist else None)
         if newest is None:
             if sb.clean_journal_seq:
                 raise MountError("journal is empty but the superblock says entries "
                                  f"up to {sb.clean_journal_seq} were written")
-            j.resume([], 0, 1)
+            j.resume([], 0, next_seq)
         else:
             if sb.state == SbState.clean and newest.seq < sb.clean_journal_seq:
                 raise MountError(f"journal ends at {newest.seq} before the clean "
                                  f"unmount entry {sb.clean_journal_seq}")
             j.resume([(e.seq, p, e.size, e.last_seq)
-                      for e, p in zip(scan.entries, scan.positions)], scan.head, newest.seq + 1)
+                      for e, p in zip(scan.entries, scan.positions)], scan.head, next_seq)
+        if next_seq != durable + 1:
+            # A new session after a crash starts on a fresh journal bucket, so
+            # the mount scan's walk from the newest bucket never has to cross
+            # into the crashed session's (blacklisted) seqs.
+            j.head += -j.head % j.bucket_size
         if newest is not None:
             for bid, level, offset, node_seq in newest.roots:
                 self.btrees.set_root(bid, level, offset, node_seq)
@@ -144,10 +177,34 @@ class Engine:
         self.alloc.mount_done()
         if not self.read_only:
             self.alloc.apply_deferred(j.cur_seq)
+            if len(blacklist) > SB_BLACKLIST_MAX:
+                self._rewrite_all_nodes()
+                blacklist[:] = blacklist[-1:]
+            sb.blacklist = list(blacklist)
             sb.state = SbState.dirty
             sb.mount_count += 1
             sb.mtime_ns = time.time_ns()
-            write_superblock(self.dev, sb)
+            self._reserve_seqs(next_seq)
+
+    def _reserve_seqs(self, seq: int) -> None:
+        """Record in the superblock, durably, that this session may use journal
+        seqs up to seq + SEQ_RESERVE_WINDOW: after a crash, the next mount
+        blacklists what was not durable of that window."""
+        self.sb.seq_reserved = seq + SEQ_RESERVE_WINDOW
+        write_superblock(self.dev, self.sb)
+        self.journal.seq_limit = self.sb.seq_reserved
+        self.journal.on_seq_limit = self._reserve_seqs
+
+    def _rewrite_all_nodes(self) -> None:
+        """Move every btree node to a fresh region, so no bset with a
+        blacklisted seq is reachable any more and old ranges can be dropped."""
+        bt = self.btrees
+        for bid in range(BTREE_ID_NR):
+            for node in list(bt.walk(bid)):
+                node.rewrite = True
+                bt._pin(node, self.journal.cur_seq)
+        self.sync_all()
+        self.counters["btree_full_rewrites"] = self.counters.get("btree_full_rewrites", 0) + 1
 
     def _first_entry_missing_data(self, scan: JournalScan) -> int | None:
         """The first unacknowledged entry whose new extents' data is not on disk.

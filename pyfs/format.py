@@ -139,16 +139,22 @@ def key_to_text(key: bytes) -> str:
 # --------------------------------------------------------------------------
 # Superblock
 
-SB_FMT = "<8sHHI16s32sIIQQQQIIQQIQQQQIIQ"
+# Journal sequence ranges a crashed session may have used but never made
+# durable; node bsets and journal entries with such sequences are ignored.
+SB_BLACKLIST_MAX = 4
+SB_FMT = "<8sHHI16s32sIIQQQQIIQQIQQQQIIQI" + "QQ" * SB_BLACKLIST_MAX + "Q"
 SB_FIELDS = (
     "magic", "version", "sb_size", "block_size", "uuid", "label",
     "bucket_size", "btree_node_size", "nbuckets", "device_size",
     "first_data_bucket", "journal_bucket", "journal_nbuckets", "group_buckets",
     "features", "compat_features", "state", "clean_journal_seq",
-    "ctime_ns", "mtime_ns", "wtime_ns", "mount_count", "write_count", "csum",
+    "ctime_ns", "mtime_ns", "wtime_ns", "mount_count", "write_count",
+    "seq_reserved", "blacklist_nr",
+    *(f"blacklist{i}_{end}" for i in range(SB_BLACKLIST_MAX) for end in ("start", "end")),
+    "csum",
 )
 _sb = struct.Struct(SB_FMT)
-SB_SIZE = 180
+SB_SIZE = 256
 assert struct.calcsize(SB_FMT) == SB_SIZE and len(SB_FIELDS) == len(_sb.unpack(bytes(SB_SIZE)))
 assert SB_SIZE <= SB_REGION
 
@@ -181,12 +187,18 @@ class Superblock:
     write_count: int = 0
     version: int = FORMAT_VERSION
     block_size: int = BLOCK_SIZE
+    seq_reserved: int = 0           # journal seqs up to this may be in use by a session
+    blacklist: list = field(default_factory=list)   # [(first, last)] seqs never durable
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     def pack(self) -> bytes:
-        vals = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        vals = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("extra", "blacklist")}
         vals.update(magic=MAGIC, sb_size=SB_SIZE, csum=0,
-                    label=self.label.encode("utf-8"))
+                    label=self.label.encode("utf-8"), blacklist_nr=len(self.blacklist))
+        for i in range(SB_BLACKLIST_MAX):
+            a, b = self.blacklist[i] if i < len(self.blacklist) else (0, 0)
+            vals[f"blacklist{i}_start"], vals[f"blacklist{i}_end"] = a, b
         raw = _sb.pack(*(vals[n] for n in SB_FIELDS))
         csum = checksum(raw[:-8])
         return raw[:-8] + struct.pack("<Q", csum)
@@ -212,6 +224,15 @@ class Superblock:
         except UnicodeDecodeError:
             raise FormatError("superblock: label is not UTF-8", offset) from None
         vals["label"] = label
+        nbl = vals.pop("blacklist_nr")
+        if nbl > SB_BLACKLIST_MAX:
+            raise FormatError(f"superblock: {nbl} blacklist ranges (at most "
+                              f"{SB_BLACKLIST_MAX})", offset)
+        ranges = [(vals.pop(f"blacklist{i}_start"), vals.pop(f"blacklist{i}_end"))
+                  for i in range(SB_BLACKLIST_MAX)]
+        if any(r != (0, 0) for r in ranges[nbl:]):
+            raise FormatError("superblock: unused blacklist slots are not zero", offset)
+        vals["blacklist"] = ranges[:nbl]
         for n in ("magic", "sb_size", "csum"):
             del vals[n]
         sb = cls(**vals)
@@ -254,7 +275,17 @@ class Superblock:
             return "uuid is not 16 bytes"
         if len(self.label.encode()) > MAX_LABEL:
             return "label too long"
+        prev = 0
+        for a, b in self.blacklist:
+            if not prev < a <= b or b > self.seq_reserved:
+                return f"journal seq blacklist range {a}..{b} out of order or beyond the reservation"
+            prev = b
+        if len(self.blacklist) > SB_BLACKLIST_MAX:
+            return "too many journal seq blacklist ranges"
         return None
+
+    def seq_blacklisted(self, seq: int) -> bool:
+        return any(a <= seq <= b for a, b in self.blacklist)
 
     @property
     def backup_offset(self) -> int:
@@ -279,6 +310,9 @@ class Superblock:
             ("Features", ",".join(feats) or "(none)"),
             ("State", SbState(self.state).name),
             ("Clean journal seq", self.clean_journal_seq),
+            ("Journal seq reserved", self.seq_reserved),
+            ("Journal seq blacklist", ", ".join(f"{a}..{b}" for a, b in self.blacklist)
+             or "(none)"),
             ("Created", _fmt_ns(self.ctime_ns)),
             ("Last mounted", _fmt_ns(self.mtime_ns)),
             ("Last written", _fmt_ns(self.wtime_ns)),

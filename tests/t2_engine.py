@@ -63,3 +63,49 @@ def test_failure_mid_commit_stops_writes_and_remount_sees_durable_state():
     assert again.btrees.get(BtreeId.inodes, pack_key(1, 0)) == RAW + b"durable"
     assert again.btrees.get(BtreeId.inodes, pack_key(3, 0)) is None
     assert again.btrees.get(BtreeId.dirents, pack_key(3, 1)) is None
+
+
+def test_crash_blacklists_the_unused_reservation_and_repeated_crashes_stay_bounded():
+    dev = MemDevice(32 << 20)
+    format_device(dev, bucket_size=128 << 10, btree_node_size=16 << 10)
+    eng = Engine(dev)
+    expect = {}
+    for crash in range(7):
+        t = eng.trans()
+        for i in range(50):
+            k = pack_key(crash, i)
+            t.set(BtreeId.inodes, k, RAW + bytes([crash]) * 40)
+            expect[k] = RAW + bytes([crash]) * 40
+        t.commit()
+        eng.flush()
+        # Written but never durable: must not resurface after this crash.
+        t = eng.trans()
+        t.set(BtreeId.inodes, pack_key(99, crash), RAW + b"not durable")
+        t.commit()
+        eng.btrees.flush_all()               # the bset reaches the disk; the journal does not
+        eng = Engine(MemDevice(eng.dev.snapshot()))     # crash, remount
+        assert 1 <= len(eng.sb.blacklist) <= 4
+        assert dict(eng.btrees.iter(BtreeId.inodes)) == expect
+    eng.close()
+    clean = Engine(MemDevice(eng.dev.snapshot()))
+    assert dict(clean.btrees.iter(BtreeId.inodes)) == expect
+    a, b = clean.sb.blacklist[-1]
+    assert a <= b <= clean.sb.seq_reserved and clean.journal.cur_seq > b
+
+
+def test_full_rewrite_when_blacklist_overflows():
+    dev = MemDevice(32 << 20)
+    format_device(dev, bucket_size=128 << 10, btree_node_size=16 << 10)
+    eng = Engine(dev)
+    rewrites = 0
+    for crash in range(6):
+        t = eng.trans()
+        t.set(BtreeId.inodes, pack_key(crash, 0), RAW + b"x")
+        t.commit()
+        eng.flush()
+        eng = Engine(MemDevice(eng.dev.snapshot()))
+        rewrites = max(rewrites, eng.counters.get("btree_full_rewrites", 0))
+        assert len(eng.sb.blacklist) <= 4
+    assert rewrites == 1
+    for crash in range(6):
+        assert eng.btrees.get(BtreeId.inodes, pack_key(crash, 0)) == RAW + b"x"

@@ -417,10 +417,6 @@ def test_crash_reopen_replays():
 # Known bug: never-durable bsets come back in a later session
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "no journal-seq blacklist: a bset written after the last durable journal entry is "
-    "ignored at the next mount only while the journal's seq is below its seq; a node "
-    "the next session never rewrites keeps it, and a later mount accepts it"))
 def test_never_durable_bset_stays_dead_in_later_sessions():
     dev, eng = _engine()
     bt = eng.btrees
@@ -450,9 +446,6 @@ def test_never_durable_bset_stays_dead_in_later_sessions():
     assert eng3.btrees.get(1, pack_key(1, 3)) == bytes([KeyType.raw]) + b"old"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "no journal-seq blacklist: an entry of a crashed session that persisted after a "
-    "lost one is picked up again once the next session rewrites the lost one's slot"))
 def test_stale_journal_entry_is_not_replayed_later():
     dev = MemDevice(DEV_SIZE)
     format_device(dev, **SMALL)

@@ -46,7 +46,8 @@ class NodeImage:
     stale_tail: bool = False  # bsets of this node lie at or past written_bytes
 
 
-def parse_node(buf: bytes, offset: int, durable_seq: int | None = None) -> NodeImage:
+def parse_node(buf: bytes, offset: int, durable_seq: int | None = None,
+               blacklisted=None) -> NodeImage:
     """Decode a whole region read from device offset `offset`.
 
     Raises FormatError if the header is bad. A bad bset after at least one
@@ -62,7 +63,8 @@ def parse_node(buf: bytes, offset: int, durable_seq: int | None = None) -> NodeI
         bh = unpack_bset_header(buf, pos)
         if bh is None or bh.node_seq != hdr.node_seq:
             break
-        if durable_seq is not None and bh.journal_seq > durable_seq:
+        if (durable_seq is not None and bh.journal_seq > durable_seq) or (
+                blacklisted is not None and blacklisted(bh.journal_seq)):
             reason = "newer"
             break
         try:

@@ -83,6 +83,9 @@ class BtreeSet:
         self.cache: dict[bytes, Node] = {}
         self.dirty: dict[Node, None] = {}      # insertion order == pin order
         self.frozen = False                    # set by Engine.fail: write nothing more
+        # Journal seqs a crashed session used but never made durable (the
+        # superblock's blacklist): bsets carrying them are ignored.
+        self.seq_blacklisted = None
         # Regions written by this session. Their bsets are all good however
         # new: the journal-seq cut-off when reading applies only to bsets an
         # earlier session wrote (see _read).
@@ -116,7 +119,7 @@ class BtreeSet:
         # node written and evicted before the flush must read back whole.
         limit = None if offset in self.written_regions else self.journal.mount_seq
         try:
-            img = parse_node(buf, offset, limit)
+            img = parse_node(buf, offset, limit, self.seq_blacklisted)
         except FormatError as e:
             raise BtreeError(f"{BtreeId(btree_id).name} level {level}: {e}") from e
         h = img.header

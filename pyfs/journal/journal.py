@@ -84,6 +84,9 @@ class Journal:
         self.flushed_node_gen = 0
         # After an engine failure nothing more is written (see Engine.fail).
         self.frozen = False
+        # Seqs past seq_limit need a new reservation in the superblock first.
+        self.seq_limit: int | None = None
+        self.on_seq_limit: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------ mount state
 
@@ -135,6 +138,8 @@ class Journal:
         if not self.nkeys and not force:
             return None
         seq = self.cur_seq
+        if self.seq_limit is not None and seq >= self.seq_limit and self.on_seq_limit:
+            self.on_seq_limit(seq + 1)
         last = self.last_seq_fn(seq)
         data = pack_jset(seq, last, self.roots_fn(), self.nkeys, b"".join(self.recs),
                          min(self.durable_seq, seq - 1))

@@ -53,6 +53,7 @@ class _Reader:
         self.nbuckets = nbuckets
         self.ring = bucket_size * nbuckets
         self.cache: dict[int, bytes] = {}
+        self.blacklist: list[tuple[int, int]] = []
 
     def bucket(self, b: int) -> bytes:
         buf = self.cache.get(b)
@@ -96,9 +97,10 @@ class _Reader:
         visited = 0
         while visited <= self.ring:
             e = self.entry_at(pos % self.ring)
-            if isinstance(e, JournalEntry) and (expect is None or e.seq == expect):
+            if isinstance(e, JournalEntry) and (expect is None or e.seq == expect) and not (
+                    expect is None and self.blacklisted(e.seq)):
                 yield pos % self.ring, e
-                expect = e.seq + 1
+                expect = self.next_seq(e.seq)
                 visited += e.size
                 pos += e.size
                 continue
@@ -119,6 +121,17 @@ class _Reader:
             return
         yield ("end", "end", None)
 
+    def blacklisted(self, seq: int) -> bool:
+        return any(a <= seq <= b for a, b in self.blacklist)
+
+    def next_seq(self, seq: int) -> int:
+        """The sequence after seq, skipping blacklisted ranges (sorted, disjoint)."""
+        n = seq + 1
+        for a, b in self.blacklist:
+            if a <= n <= b:
+                n = b + 1
+        return n
+
     def _claims(self, pos: int, seq: int) -> bool:
         b, off = divmod(pos % self.ring, self.bsize)
         h = unpack_jset_header(self.bucket(b)[off:off + JSET_HDR_SIZE], 0)
@@ -126,11 +139,14 @@ class _Reader:
 
 
 def read_journal(dev, start: int, bucket_size: int, nbuckets: int,
-                 stop_before: int | None = None) -> JournalScan:
+                 stop_before: int | None = None, blacklist=()) -> JournalScan:
     """Find the journal's valid entries; with stop_before, entries from that seq
-    on are treated as never written (mount drops an unflushed tail this way)."""
+    on are treated as never written (mount drops an unflushed tail this way).
+    Entries whose seq is in a blacklisted range (a crashed session's, never
+    durable) are ignored, and sequence continuity skips those ranges."""
     r = _Reader(dev, start, bucket_size, nbuckets)
-    firsts = sorted(r.first_seqs(), reverse=True)
+    r.blacklist = sorted(blacklist)
+    firsts = sorted(((s, b) for s, b in r.first_seqs() if not r.blacklisted(s)), reverse=True)
     scan = JournalScan()
     newest = None
     for _seq, b in firsts:
@@ -165,9 +181,8 @@ def read_journal(dev, start: int, bucket_size: int, nbuckets: int,
         if e.seq == newest.seq:
             break
     seqs = [e.seq for e in scan.entries]
-    if seqs != list(range(want, want + len(seqs))) or want + len(seqs) != newest.seq + 1:
-        # Never materialize want..newest: a hostile entry's seq can be huge.
-        missing = _first_missing(seqs, want, newest.seq)
+    missing = _first_missing(seqs, want, newest.seq, r.next_seq)
+    if missing:
         if missing[0] > newest.flushed_seq:
             # Entries written back to back without a flush reach the disk in
             # any order: a later one can survive a crash that lost an earlier
@@ -175,7 +190,8 @@ def read_journal(dev, start: int, bucket_size: int, nbuckets: int,
             # (it is past the newest entry's flushed_seq), so the journal ends
             # before it.
             cut = missing[0] if stop_before is None else min(stop_before, missing[0])
-            tail = read_journal(dev, start, bucket_size, nbuckets, stop_before=cut)
+            tail = read_journal(dev, start, bucket_size, nbuckets, stop_before=cut,
+                                blacklist=blacklist)
             tail.end_reason, tail.bad_offset = "gap", None
             return tail
         raise JournalError(f"journal: entries {want}..{newest.seq} incomplete; "
@@ -183,14 +199,15 @@ def read_journal(dev, start: int, bucket_size: int, nbuckets: int,
     return scan
 
 
-def _first_missing(seqs: list[int], lo: int, hi: int, limit: int = 5) -> list[int]:
-    """Up to limit seqs of [lo, hi] absent from seqs, in order (work bounded by
-    len(seqs) + limit, however large hi - lo is)."""
+def _first_missing(seqs: list[int], lo: int, hi: int, next_seq, limit: int = 5) -> list[int]:
+    """Up to limit seqs of the chain lo..hi (next_seq steps over blacklisted
+    ranges) absent from seqs, in order. Work is bounded by len(seqs) + limit,
+    however large hi - lo is (a hostile entry's seq can be huge)."""
     have = set(seqs)
     out = []
     s = lo
     while s <= hi and len(out) < limit:
         if s not in have:
             out.append(s)
-        s += 1
+        s = next_seq(s)
     return out
