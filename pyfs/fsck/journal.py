@@ -64,8 +64,9 @@ class JournalView:
 class RingReader:
     """Reads a journal ring bucket by bucket and finds every valid entry."""
 
-    def __init__(self, dev, sb):
+    def __init__(self, dev, sb, space: SeqSpace | None = None):
         self.dev = dev
+        self.space = space or SeqSpace()
         self.bsize = sb.bucket_size
         self.start = sb.journal_bucket * sb.bucket_size
         self.nbuckets = sb.journal_nbuckets
@@ -93,6 +94,9 @@ class RingReader:
                     bad.setdefault(h[0], ring_pos)
                     pos += BLOCK_SIZE
                     continue
+                if self.space.blacklisted(e.seq):
+                    pos += e.size          # a crashed session's, never durable
+                    continue
                 if e.seq not in good:
                     good[e.seq] = Found(e.seq, e.last_seq, e.flushed_seq, ring_pos, e.size)
                 pos += e.size
@@ -104,80 +108,97 @@ class RingReader:
         return unpack_jset(buf, self.start + f.pos)
 
 
+class SeqSpace:
+    """Journal sequence numbers, minus the superblock's blacklisted ranges (seqs a
+    crashed session may have used but never made durable: never part of a chain)."""
+
+    def __init__(self, blacklist=()):
+        self.ranges = sorted((int(a), int(b)) for a, b in blacklist if a <= b)
+
+    def blacklisted(self, seq: int) -> bool:
+        return any(a <= seq <= b for a, b in self.ranges)
+
+    def next(self, seq: int) -> int:
+        n = seq + 1
+        for a, b in self.ranges:
+            if a <= n <= b:
+                n = b + 1
+        return n
+
+    def count(self, lo: int, hi: int) -> int:
+        """How many seqs of [lo, hi] are not blacklisted."""
+        n = hi - lo + 1
+        for a, b in self.ranges:
+            n -= max(0, min(b, hi) - max(a, lo) + 1)
+        return max(n, 0)
+
+    def missing(self, seqs: list[int], lo: int, hi: int, limit: int | None = None) -> list[int]:
+        """Seqs of the chain lo..hi absent from the sorted list seqs (callers bound
+        the chain's length first)."""
+        have = seqs[bisect_left(seqs, lo):bisect_right(seqs, hi)]
+        out: list[int] = []
+        expect = lo if not self.blacklisted(lo) else self.next(lo)
+        i = 0
+        while expect <= hi and (limit is None or len(out) < limit):
+            if i < len(have) and have[i] == expect:
+                i += 1
+            else:
+                out.append(expect)
+            expect = self.next(expect)
+        return out
+
+
 def read_view(dev, sb) -> JournalView:
     """Find the journal chain fsck replays, classifying what it skips."""
-    r = RingReader(dev, sb)
+    space = SeqSpace(getattr(sb, "blacklist", ()))
+    r = RingReader(dev, sb, space)
     good, bad = r.scan()
     view = JournalView()
-    seqs = _newest_chain_end(sorted(good), good, view, r.ring // BLOCK_SIZE)
-    _fill(view, r, good, bad, seqs)
+    max_chain = r.ring // BLOCK_SIZE
+    seqs = _newest_chain_end(sorted(good), good, view, max_chain, space)
+    _fill(view, r, good, bad, seqs, space)
     cut = _cut_missing_data(dev, view)
     if cut is not None:
         view.cut_missing_data = cut
         view.dropped.extend(good[s] for s in seqs if s >= cut)
-        seqs = _newest_chain_end([s for s in seqs if s < cut], good, view, r.ring // BLOCK_SIZE)
-        _fill(view, r, good, bad, seqs)
+        seqs = _newest_chain_end([s for s in seqs if s < cut], good, view, max_chain, space)
+        _fill(view, r, good, bad, seqs, space)
     return view
 
 
 def _newest_chain_end(seqs: list[int], good: dict[int, Found], view: JournalView,
-                      max_chain: int) -> list[int]:
+                      max_chain: int, space: SeqSpace) -> list[int]:
     """Drop bogus entries and unacknowledged tails from the end of the sorted seqs."""
     while seqs:
         top = good[seqs[-1]]
-        if top.seq - top.last_seq + 1 > max_chain:
+        if space.count(top.last_seq, top.seq) > max_chain:
             view.bogus.append((top, f"entry {top.seq} claims to need entries from "
                                     f"{top.last_seq} on, more than the ring can hold"))
             seqs.pop()
             continue
-        gap = _first_gap(seqs, top.last_seq, top.seq)
-        if gap is None or top.flushed_seq >= gap:
+        gaps = space.missing(seqs, top.last_seq, top.seq, 1)
+        if not gaps or top.flushed_seq >= gaps[0]:
             break
-        # The tail from gap on was never acknowledged: the journal ends before it.
-        i = bisect_left(seqs, gap)
+        # The tail from the gap on was never acknowledged: the journal ends before it.
+        i = bisect_left(seqs, gaps[0])
         view.dropped.extend(good[s] for s in seqs[i:])
         del seqs[i:]
     return seqs
 
 
 def _fill(view: JournalView, r: RingReader, good: dict[int, Found], bad: dict[int, int],
-          seqs: list[int]) -> None:
+          seqs: list[int], space: SeqSpace) -> None:
     view.entries, view.positions, view.damaged, view.head = [], [], [], 0
     if not seqs:
         return
     top = good[seqs[-1]]
     chain = seqs[bisect_left(seqs, top.last_seq):]
-    for missing in _gaps(chain, top.last_seq, top.seq):
+    for missing in space.missing(chain, top.last_seq, top.seq):
         view.damaged.append((missing, "damaged" if missing in bad else "missing"))
     for s in chain:
         view.entries.append(r.entry(good[s]))
         view.positions.append(good[s].pos)
     view.head = top.pos + top.size
-
-
-def _first_gap(seqs: list[int], lo: int, hi: int) -> int | None:
-    """The first seq in [lo, hi] not in the sorted list seqs, or None."""
-    i = bisect_left(seqs, lo)
-    j = bisect_right(seqs, hi)
-    if j - i == hi - lo + 1:
-        return None
-    expect = lo
-    for s in seqs[i:j]:
-        if s != expect:
-            return expect
-        expect += 1
-    return expect
-
-
-def _gaps(chain: list[int], lo: int, hi: int) -> list[int]:
-    """Seqs in [lo, hi] missing from the sorted chain (bounded by the ring size)."""
-    out = []
-    expect = lo
-    for s in chain:
-        out.extend(range(expect, s))
-        expect = s + 1
-    out.extend(range(expect, hi + 1))
-    return out
 
 
 def _cut_missing_data(dev, view: JournalView) -> int | None:

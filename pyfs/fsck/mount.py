@@ -12,20 +12,15 @@ yet trusted.
 
 from __future__ import annotations
 
-import time
-
 from ..device import Device
 from ..engine import Engine
 from ..format import (
     BLOCK_SIZE,
-    BTREE_ID_NR,
     BtreeId,
     DataType,
-    SbState,
     key_to_text,
 )
-from ..journal.read import JournalError, read_journal
-from ..superblock import write_superblock
+from ..journal.read import JournalError, JournalScan, read_journal
 from .journal import JournalView
 from .topology import Prescan, _alloc_ok
 
@@ -121,39 +116,56 @@ class RepairEngine(Engine):
         super().__init__(dev, **kw)
 
     def _mount(self) -> None:
+        """The engine's own mount, with fsck's choices swapped in where it reads
+        the journal, loads roots, builds the allocator and replays: what the
+        engine does around them (sequence reservations, superblock updates)
+        stays the engine's."""
+        import pyfs.engine as engine_mod
         sb = self.sb
         view = self._fsck_view
-        pre = self._fsck_pre
-        j = self.journal
-        bt = self.btrees
-        newest = view.newest
         tolerate_alloc(self)
-        if newest is None:
-            j.resume([], 0, 1)
-        else:
-            j.resume([(e.seq, p, e.size, e.last_seq)
-                      for e, p in zip(view.entries, view.positions)], view.head, newest.seq + 1)
-            for bid, (level, offset, node_seq) in sorted(pre.roots.items()):
-                if bid not in pre.rebuild:
-                    bt.set_root(bid, level, offset, node_seq)
-        overlay = self._alloc_overlay()
-        self.alloc.build(overlay, j.durable_seq)
-        idx = self.alloc.index
-        for b in range(self.alloc.first, self.alloc.end):
-            if pre.used[b]:
-                idx.set_used(b)
-        for bid in range(BTREE_ID_NR):
-            if bt.roots[bid] is None:
-                bt.new_root(bid)
-        self._insert_salvage()
-        self._free_old_nodes()
-        self._replay(view)
-        self.alloc.mount_done()
-        self.alloc.apply_deferred(j.cur_seq)
-        sb.state = SbState.dirty
-        sb.mount_count += 1
-        sb.mtime_ns = time.time_ns()
-        write_superblock(self.dev, sb)
+        if view.newest is not None and sb.clean_journal_seq > view.newest.seq:
+            sb.clean_journal_seq = view.newest.seq      # journal_behind_clean, reported
+        self._first_entry_missing_data = lambda scan: None   # fsck's chain is already cut
+        bt_set_root = self.btrees.set_root
+        build = self.alloc.build
+        self.btrees.set_root = self._set_root(bt_set_root)
+        self.alloc.build = self._build(build)
+        saved = engine_mod.read_journal
+        engine_mod.read_journal = self._read_journal
+        try:
+            super()._mount()
+        finally:
+            engine_mod.read_journal = saved
+            self.btrees.set_root = bt_set_root
+            self.alloc.build = build
+            del self._first_entry_missing_data
+
+    def _read_journal(self, *_args, **_kw) -> JournalScan:
+        view = self._fsck_view
+        return JournalScan(entries=list(view.entries), positions=list(view.positions),
+                           head=view.head, end_reason="fsck")
+
+    def _set_root(self, orig):
+        pre = self._fsck_pre
+
+        def set_root(bid: int, level: int, offset: int, node_seq: int) -> None:
+            """Only the roots pass 2 validated, and none of a btree being rebuilt."""
+            if bid not in pre.rebuild and pre.roots.get(bid) == (level, offset, node_seq):
+                orig(bid, level, offset, node_seq)
+        return set_root
+
+    def _build(self, orig):
+        def build(_overlay: dict[int, bytes], durable_seq: int) -> None:
+            """Alloc keys that decode only; then every bucket pass 2 saw in use is
+            taken, so nothing allocated during mount lands on live data."""
+            orig(self._alloc_overlay(), durable_seq)
+            used = self._fsck_pre.used
+            idx = self.alloc.index
+            for b in range(self.alloc.first, self.alloc.end):
+                if used[b]:
+                    idx.set_used(b)
+        return build
 
     def _alloc_overlay(self) -> dict[int, bytes]:
         """Alloc keys the allocator starts from: salvaged ones if the alloc btree is
@@ -199,7 +211,11 @@ class RepairEngine(Engine):
                     done.add(off)
 
     def _replay(self, scan) -> None:
-        view: JournalView = scan
+        """Salvaged keys into the new btrees first, then the journal over them,
+        skipping what cannot be replayed and the pointer updates of rebuilt trees."""
+        self._insert_salvage()
+        self._free_old_nodes()
+        view = self._fsck_view
         if not view.needs_replay():
             return
         bt = self.btrees

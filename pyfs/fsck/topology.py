@@ -40,7 +40,7 @@ from ..format import (
     unpack_btree_ptr,
 )
 from .errors import Err
-from .journal import JournalView
+from .journal import JournalView, SeqSpace
 
 
 class StubJournal:
@@ -106,10 +106,14 @@ class TopologyCheck:
         self.end = min(sb.nbuckets, sb.backup_offset // sb.bucket_size)
         self.limit = view.newest.seq if view.newest else 0
         self.replay_from = view.entries[0].seq if view.entries else 0
+        space = SeqSpace(getattr(sb, "blacklist", ()))
+        # Bsets of blacklisted seqs (a crashed session's, never durable) do not count.
+        self.blacklisted = space.blacklisted if space.ranges else None
         self.max_nodes = max(16, (self.end - self.first) * (self.bs // self.node_size))
         self.result = Prescan(used=bytearray(sb.nbuckets))
         self.bt = BtreeSet(dev, self.node_size, None, StubJournal(self.limit), {},
                            cache_nodes=1 << 30)
+        self.bt.seq_blacklisted = self.blacklisted
         self.budget = self.max_nodes
         self.root_regions: dict[int, int] = {}
 
@@ -157,6 +161,11 @@ class TopologyCheck:
         if 0 <= b < len(self.result.used):
             self.result.used[b] = 1
 
+    def _parse(self, buf: bytes, off: int):
+        if self.blacklisted is None:
+            return parse_node(buf, off, self.limit)
+        return parse_node(buf, off, self.limit, self.blacklisted)
+
     def _read(self, off: int):
         """(NodeImage, None) or (None, reason). A bset that fails its checksum after
         good ones ends a node normally (a torn append, its keys still in the
@@ -164,7 +173,7 @@ class TopologyCheck:
         and is damaged."""
         buf = self.dev.pread(self.node_size, off)
         try:
-            img = parse_node(buf, off, self.limit)
+            img = self._parse(buf, off)
         except FormatError as e:
             return None, e.what
         if img.stop_reason == "torn":
@@ -425,7 +434,7 @@ class TopologyCheck:
             return _clip(NodeView(cached.level, lo, hi, keys, vals, off, cached.max_seq))
         buf = self.dev.pread(self.node_size, off)
         try:
-            img = parse_node(buf, off, self.limit)
+            img = self._parse(buf, off)
         except FormatError:
             img = None
         if img is not None and img.header.btree_id == ts.bid and img.header.node_seq == nseq \
@@ -433,7 +442,7 @@ class TopologyCheck:
             ts.regions.append(off)
             return _clip(NodeView(img.header.level, lo, hi, img.keys, img.vals, off,
                                   img.max_journal_seq))
-        live, max_seq = salvage_bsets(buf, off, nseq, self.limit)
+        live, max_seq = salvage_bsets(buf, off, nseq, self.limit, self.blacklisted)
         if not live:
             ts.lost_subtrees += 1
             return None
@@ -455,8 +464,8 @@ class TopologyCheck:
                 self._mark_extent(v)
 
 
-def salvage_bsets(buf: bytes, offset: int, node_seq: int, limit: int | None
-                  ) -> tuple[dict[bytes, bytes], int]:
+def salvage_bsets(buf: bytes, offset: int, node_seq: int, limit: int | None,
+                  blacklisted=None) -> tuple[dict[bytes, bytes], int]:
     """Keys of the good bsets of a node region that fails validation as a whole:
     every block boundary is tried for a bset of this node, in order, newest
     winning and whiteouts deleting. Returns (live keys, newest journal seq)."""
@@ -467,7 +476,8 @@ def salvage_bsets(buf: bytes, offset: int, node_seq: int, limit: int | None
         bh = unpack_bset_header(buf, pos)
         step = BLOCK_SIZE - pos % BLOCK_SIZE
         if (bh is not None and bh.node_seq == node_seq
-                and (limit is None or bh.journal_seq <= limit)):
+                and (limit is None or bh.journal_seq <= limit)
+                and not (blacklisted is not None and blacklisted(bh.journal_seq))):
             try:
                 keys, vals = unpack_bset(buf, pos, bh, offset + pos)
             except FormatError:
