@@ -30,6 +30,7 @@ from ..format import (
     ZERO_KEY,
     Alloc,
     BtreeId,
+    DataType,
     Extent,
     FormatError,
     KeyType,
@@ -41,6 +42,11 @@ from ..format import (
 )
 from .errors import Err
 from .journal import JournalView, SeqSpace
+
+# A lost subtree's leaves are searched for in every node slot of the data
+# buckets up to this many slots; beyond, only in the buckets the alloc keys
+# say hold btree nodes.
+SCAN_ALL_SLOTS = 1 << 16
 
 
 class StubJournal:
@@ -78,6 +84,8 @@ class TreeState:
     lost_subtrees: int = 0
     salvaged_leaves: int = 0
     regions: list[int] = field(default_factory=list)    # node regions this btree owns
+    lost: list[tuple[bytes, bytes]] = field(default_factory=list)   # key ranges not reached
+    found_by_scan: int = 0
 
 
 @dataclass
@@ -114,6 +122,7 @@ class TopologyCheck:
         self.bt = BtreeSet(dev, self.node_size, None, StubJournal(self.limit), {},
                            cache_nodes=1 << 30)
         self.bt.seq_blacklisted = self.blacklisted
+        self.btree_buckets: set[int] = set()
         self.budget = self.max_nodes
         self.root_regions: dict[int, int] = {}
 
@@ -353,6 +362,8 @@ class TopologyCheck:
                 if not _alloc_ok(v):
                     self._damage(Err.alloc_key_bad, bid, f"alloc key {key_to_text(k)} in "
                                  f"{self.where(bid, 0, node.offset)} does not decode")
+                elif v[5] == DataType.btree:
+                    self.btree_buckets.add(int.from_bytes(k[8:], "big"))
         elif bid == BtreeId.extents:
             for v in node.vals:
                 self._mark_extent(v)
@@ -383,14 +394,15 @@ class TopologyCheck:
         ts.salvage = {}
         if root is None:
             root = self._salvage_root(ts)
-            if root is None:
-                return
-        seen = {root.offset}
-        stack = [root]
+        seen = {root.offset} if root is not None else set()
+        stack = [root] if root is not None else []
         budget = self.max_nodes
         while stack and budget > 0:
             node = stack.pop()
             budget -= 1
+            if node.level and not node.keys:
+                self._lose(ts, node.min_key, node.max_key)
+                continue
             if node.level == 0 or not _all_ptrs(node.vals):
                 self._take_leaf(ts, node)
                 continue
@@ -400,17 +412,21 @@ class TopologyCheck:
                 child = self._salvage_child(ts, node, lo, hi, node.vals[i], seen)
                 if child is not None:
                     stack.append(child)
+        if ts.lost:
+            self._scan_lost(ts, set(ts.regions))
 
     def _salvage_root(self, ts: TreeState) -> NodeView | None:
         newest = self.view.newest
         if newest is None:
             return None
+        n = len(ts.lost)
         for bid, lv, off, nseq in newest.roots:
             if bid == ts.bid and self._ptr_ok(off) is None:
                 nv = self._salvage_node(ts, off, nseq, ZERO_KEY, MAX_KEY, lv)
                 if nv is not None:
                     return nv
-        ts.lost_subtrees += 1
+        del ts.lost[n:]
+        self._lose(ts, ZERO_KEY, MAX_KEY)
         return None
 
     def _salvage_child(self, ts: TreeState, parent: NodeView, lo: bytes, hi: bytes,
@@ -418,10 +434,10 @@ class TopologyCheck:
         try:
             off, nseq = unpack_btree_ptr(ptr)
         except FormatError:
-            ts.lost_subtrees += 1
+            self._lose(ts, lo, hi)
             return None
         if self._ptr_ok(off) is not None or off in seen:
-            ts.lost_subtrees += 1
+            self._lose(ts, lo, hi)
             return None
         seen.add(off)
         return self._salvage_node(ts, off, nseq, lo, hi, parent.level - 1)
@@ -444,12 +460,62 @@ class TopologyCheck:
                                   img.max_journal_seq))
         live, max_seq = salvage_bsets(buf, off, nseq, self.limit, self.blacklisted)
         if not live:
-            ts.lost_subtrees += 1
+            self._lose(ts, lo, hi)
             return None
         ts.regions.append(off)
         keys = sorted(live)
         vals = [live[k] for k in keys]
         return _clip(NodeView(level if _all_ptrs(vals) else 0, lo, hi, keys, vals, off, max_seq))
+
+    @staticmethod
+    def _lose(ts: TreeState, lo: bytes, hi: bytes) -> None:
+        ts.lost_subtrees += 1
+        ts.lost.append((lo, hi))
+
+    def _scan_lost(self, ts: TreeState, taken_regions: set[int]) -> None:
+        """Look for the leaves of lost subtrees on the device: every node slot of the
+        btree buckets (all data buckets when the alloc info is not to be trusted)
+        whose header is a leaf of this btree inside a lost range. Leaves retired
+        since (a split, a compaction) may still be there: the newest of
+        overlapping candidates wins, whole, and the others are ignored."""
+        slots = self._scan_slots()
+        per = self.node_size
+        cands = []
+        for off in slots:
+            if off in taken_regions:
+                continue
+            try:
+                h = NodeHeader.unpack(self.dev.pread(64, off), off)
+            except FormatError:
+                continue
+            if h.btree_id != ts.bid or h.level != 0:
+                continue
+            if not any(lo <= h.min_key and h.max_key <= hi for lo, hi in ts.lost):
+                continue
+            try:
+                img = self._parse(self.dev.pread(per, off), off)
+            except FormatError:
+                continue
+            cands.append((img.max_journal_seq, off, img))
+        taken: list[tuple[bytes, bytes]] = []
+        for _seq, off, img in sorted(cands, key=lambda c: (-c[0], c[1])):
+            h = img.header
+            if any(not (h.max_key < a or b < h.min_key) for a, b in taken):
+                continue
+            taken.append((h.min_key, h.max_key))
+            ts.found_by_scan += 1
+            ts.regions.append(off)
+            self._take_leaf(ts, NodeView(0, h.min_key, h.max_key, img.keys, img.vals, off,
+                                         img.max_journal_seq))
+
+    def _scan_slots(self) -> list[int]:
+        per = self.node_size
+        slots_per_bucket = self.bs // per
+        buckets = sorted(self.btree_buckets)
+        alloc_ok = BtreeId.alloc not in self.result.rebuild and buckets
+        if not alloc_ok or (self.end - self.first) * slots_per_bucket <= SCAN_ALL_SLOTS:
+            buckets = range(self.first, self.end)
+        return [b * self.bs + i * per for b in buckets for i in range(slots_per_bucket)]
 
     def _take_leaf(self, ts: TreeState, node: NodeView) -> None:
         ts.salvaged_leaves += 1
