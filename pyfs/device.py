@@ -121,6 +121,19 @@ class Device:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise self._range_error(what, length, offset)
 
+    def _start_write(self, data: bytes | memoryview, offset: int) -> bytes | memoryview:
+        """Check a write (read-only, range) and count it; return the bytes to write."""
+        if self.read_only:
+            raise self._readonly_error()
+        data = _as_bytes_view(data)
+        n = len(data)
+        if offset < 0 or offset + n > self.size:
+            raise self._range_error("write", n, offset)
+        c = self.counters
+        c["writes"] += 1
+        c["write_bytes"] += n
+        return data
+
     def _readonly_error(self) -> DeviceError:
         return DeviceError(errno.EROFS, f"{self.path} is opened read-only")
 
@@ -180,17 +193,9 @@ class FileDevice(Device):
         return b"".join(parts)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        if self.read_only:
-            raise self._readonly_error()
-        data = _as_bytes_view(data)
-        n = len(data)
-        if offset < 0 or offset + n > self.size:
-            raise self._range_error("write", n, offset)
-        c = self.counters
-        c["writes"] += 1
-        c["write_bytes"] += n
+        data = self._start_write(data, offset)
         done = os.pwrite(self.fd, data, offset)
-        if done != n:
+        if done != len(data):
             self._write_rest(memoryview(data), done, offset)
 
     def _write_rest(self, view: memoryview, done: int, offset: int) -> None:
@@ -397,16 +402,8 @@ class MemDevice(Device):
         return self._view[offset:offset + length].tobytes()
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        if self.read_only:
-            raise self._readonly_error()
-        data = _as_bytes_view(data)
-        n = len(data)
-        if offset < 0 or offset + n > self.size:
-            raise self._range_error("write", n, offset)
-        c = self.counters
-        c["writes"] += 1
-        c["write_bytes"] += n
-        self._view[offset:offset + n] = data
+        data = self._start_write(data, offset)
+        self._view[offset:offset + len(data)] = data
 
     def flush(self) -> None:
         self.counters["flushes"] += 1
