@@ -113,3 +113,46 @@ def test_fragmentation_heap_orders_by_live_sectors():
     s1, b1 = frag.pop_emptiest()
     assert s1 == min(frag.live.values())    # popped, but still a candidate until moved
     assert all(0 < s < frag.bucket_sectors for s in frag.live.values())
+
+
+def test_filesystem_scenario_ends_with_clean_fsck():
+    """Issue 8's scenario through the filesystem API: real files, then fsck."""
+    import stat
+
+    from pyfs.fs import Filesystem
+    from pyfs.fsck import FsckOptions, fsck_device
+
+    size = 48 << 20
+    dev = MemDevice(size)
+    format_device(dev, bucket_size=128 << 10, btree_node_size=32 << 10)
+    eng = Engine(dev)
+    fs = Filesystem(eng)
+    rng = random.Random(5)
+    data_bytes = (eng.alloc.end - eng.alloc.first) * eng.sb.bucket_size
+    files: dict[bytes, bytes] = {}
+
+    def put(name: bytes, d: bytes) -> None:
+        attr = fs.create(1, name, stat.S_IFREG | 0o644)
+        fs.write(attr.st_ino, 0, d)
+        fs.release(attr.st_ino)
+        fs.forget(attr.st_ino, 1)       # as the kernel does: unlink may then free it
+        files[name] = d
+
+    i = 0
+    while sum(map(len, files.values())) < 0.85 * data_bytes - (2 << 20):
+        put(b"small%06d" % i, rng.randbytes(16384))
+        i += 1
+    for name in sorted(files)[::2]:
+        fs.unlink(1, name)
+        del files[name]
+    written = 0
+    while written < 0.40 * size:
+        put(b"new%06d" % written, rng.randbytes(65536))
+        written += 65536
+    assert eng.counters["copygc_buckets_evacuated"] > 0
+    for name, d in files.items():
+        ino = fs.lookup(1, name).st_ino
+        assert fs.read(ino, 0, len(d) + 1) == d
+    eng.close()
+    res = fsck_device(MemDevice(dev.snapshot()), FsckOptions(force=True, check_data=True))
+    assert res.exit_code == 0, res
