@@ -358,76 +358,6 @@ def run_version(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
-# pyfs dump, pyfs journal: offline inspection (pyfs/inspect.py)
-
-def _setup_dump(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", help="image file or block device")
-    p.add_argument("--btree", "-b", required=True, metavar="NAME",
-                   help="btree to list: extents, inodes, dirents, xattrs, alloc, "
-                        "backpointers, freespace or lru")
-    p.add_argument("--start", metavar="HI:LO", help="first key (default 0:0)")
-    p.add_argument("--end", metavar="HI:LO", help="last key (default max:max)")
-    p.add_argument("--nodes", action="store_true",
-                   help="print the btree's node tree instead of its keys")
-
-
-@command("dump", help="list a btree's keys (journal replayed in memory)", setup=_setup_dump)
-def run_dump(args: argparse.Namespace) -> int:
-    from pyfs import inspect as pi
-    from pyfs.format import MAX_KEY, ZERO_KEY
-    try:
-        bid = pi.btree_id(args.btree)
-        start = pi.parse_pos(args.start) if args.start else ZERO_KEY
-        end = pi.parse_pos(args.end) if args.end else MAX_KEY
-        dev = pi.open_image(args.image)
-        try:
-            eng = pi.mount_readonly(dev)
-            if args.nodes:
-                print(pi.dump_nodes(eng, bid))
-            else:
-                for line in pi.dump_keys(eng, bid, start, end):
-                    print(line)
-        finally:
-            dev.close()
-    except pi.InspectError as e:
-        raise CliError(str(e)) from None
-    except BrokenPipeError:
-        _stdout_gone()
-    return EXIT_OK
-
-
-def _setup_journal(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", help="image file or block device")
-    p.add_argument("-v", "--verbose", action="store_true", help="list every key of each entry")
-
-
-@command("journal", help="list the journal entries a mount would replay",
-         setup=_setup_journal)
-def run_journal(args: argparse.Namespace) -> int:
-    from pyfs import inspect as pi
-    try:
-        dev = pi.open_image(args.image)
-        try:
-            for line in pi.journal_lines(dev, args.verbose):
-                print(line)
-        finally:
-            dev.close()
-    except pi.InspectError as e:
-        raise CliError(str(e)) from None
-    except BrokenPipeError:
-        _stdout_gone()
-    return EXIT_OK
-
-
-def _stdout_gone() -> None:
-    """The reader went away (`pyfs dump ... | head`): not an error. Point
-    stdout at /dev/null so flushing it at exit does not fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-# --------------------------------------------------------------------------
 # pyfs mount / umount / stats, and mount.pyfs (implemented in pyfs/mount.py)
 
 def _setup_mount(p: argparse.ArgumentParser) -> None:
@@ -521,6 +451,76 @@ def run_stats(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     print(json.dumps(stats, sort_keys=True) if args.json else format_stats(stats))
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# pyfs dump, pyfs journal: offline inspection (pyfs/inspect.py)
+
+def _setup_dump(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("--btree", "-b", required=True, metavar="NAME",
+                   help="btree to list: extents, inodes, dirents, xattrs, alloc, "
+                        "backpointers, freespace or lru")
+    p.add_argument("--start", metavar="HI:LO", help="first key (default 0:0)")
+    p.add_argument("--end", metavar="HI:LO", help="last key (default max:max)")
+    p.add_argument("--nodes", action="store_true",
+                   help="print the btree's node tree instead of its keys")
+
+
+@command("dump", help="list a btree's keys (journal replayed in memory)", setup=_setup_dump)
+def run_dump(args: argparse.Namespace) -> int:
+    from pyfs import inspect as pi
+    from pyfs.format import MAX_KEY, ZERO_KEY
+    try:
+        bid = pi.btree_id(args.btree)
+        start = pi.parse_pos(args.start) if args.start else ZERO_KEY
+        end = pi.parse_pos(args.end) if args.end else MAX_KEY
+        dev = pi.open_image(args.image)
+        try:
+            eng = pi.mount_readonly(dev)
+            if args.nodes:
+                print(pi.dump_nodes(eng, bid))
+            else:
+                for line in pi.dump_keys(eng, bid, start, end):
+                    print(line)
+        finally:
+            dev.close()
+    except pi.InspectError as e:
+        raise CliError(str(e)) from None
+    except BrokenPipeError:
+        _stdout_gone()
+    return EXIT_OK
+
+
+def _setup_journal(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every key of each entry")
+
+
+@command("journal", help="list the journal entries a mount would replay",
+         setup=_setup_journal)
+def run_journal(args: argparse.Namespace) -> int:
+    from pyfs import inspect as pi
+    try:
+        dev = pi.open_image(args.image)
+        try:
+            for line in pi.journal_lines(dev, args.verbose):
+                print(line)
+        finally:
+            dev.close()
+    except pi.InspectError as e:
+        raise CliError(str(e)) from None
+    except BrokenPipeError:
+        _stdout_gone()
+    return EXIT_OK
+
+
+def _stdout_gone() -> None:
+    """The reader went away (`pyfs dump ... | head`): not an error. Point
+    stdout at /dev/null so flushing it at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

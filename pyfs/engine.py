@@ -20,18 +20,14 @@ from .alloc.foreground import Allocator, NoSpace  # noqa: F401  (re-exported)
 from .btree.tree import BtreeSet
 from .device import OverlayDevice
 from .format import (
-    BLOCK_SIZE,
     BTREE_ID_NR,
     JSET_KEY_SIZE,
     SB_BLACKLIST_MAX,
     BtreeId,
-    Extent,
-    KeyType,
     SbState,
-    checksum,
 )
 from .journal.journal import Journal
-from .journal.read import JournalScan, read_journal
+from .journal.read import JournalScan, first_entry_missing_data, read_journal
 from .superblock import read_superblock, write_superblock
 from .trans import Trans, Trigger
 
@@ -107,7 +103,14 @@ class Engine:
         self.replayed_keys = 0
         self.replayed_entries = 0
         self.failed: BaseException | None = None
-        self._mount()
+        try:
+            self._mount()
+        except MountError:
+            raise
+        except Exception as e:
+            # An image is untrusted input: whatever a damaged one trips over
+            # while mounting, the caller gets one clear error (fsck repairs).
+            raise MountError(f"cannot mount: {type(e).__name__}: {e} (run fsck)") from e
 
     # ------------------------------------------------------------ mount
 
@@ -207,41 +210,8 @@ class Engine:
         self.counters["btree_full_rewrites"] = self.counters.get("btree_full_rewrites", 0) + 1
 
     def _first_entry_missing_data(self, scan: JournalScan) -> int | None:
-        """The first unacknowledged entry whose new extents' data is not on disk.
-
-        Journal writes are not preceded by a flush of the file data they point
-        at; one device flush covers both. So entries written after the newest
-        known-durable one (the entry's flushed_seq) may have reached the disk
-        without their data. Their extents that are still live at the end of the
-        journal are verified; the journal is cut before the first failure. An
-        acknowledged entry always verifies: its flush covered its data, and a
-        bucket is reused only after the extent leaving it is durable."""
-        ents = scan.entries
-        if not ents:
-            return None
-        marker = ents[-1].flushed_seq
-        bad = None
-        while True:
-            # Cutting may revive an extent whose deletion was cut: check again.
-            cut = self._unverified(ents, marker, bad)
-            if cut is None:
-                return bad
-            bad = cut
-
-    def _unverified(self, ents, marker: int, before: int | None) -> int | None:
-        final: dict[bytes, tuple[int, bytes]] = {}
-        for e in ents:
-            if e.seq > marker and (before is None or e.seq < before):
-                for bid, lv, k, v in e.keys:
-                    if bid == BtreeId.extents and not lv:
-                        final[k] = (e.seq, v)
-        for seq, v in sorted(final.values()):
-            if v and v[0] == KeyType.extent:
-                x = Extent.unpack(v)
-                data = self.dev.pread(x.region_blocks * BLOCK_SIZE, x.dev_offset)
-                if checksum(data) != x.csum:
-                    return seq
-        return None
+        """Where ordered data cuts the journal (see first_entry_missing_data)."""
+        return first_entry_missing_data(self.dev, scan.entries)
 
     def _replay(self, scan: JournalScan) -> None:
         entries = scan.entries

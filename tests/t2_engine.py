@@ -109,3 +109,18 @@ def test_full_rewrite_when_blacklist_overflows():
     assert rewrites == 1
     for crash in range(6):
         assert eng.btrees.get(BtreeId.inodes, pack_key(crash, 0)) == RAW + b"x"
+
+
+def test_hostile_journal_value_gives_mount_error():
+    from pyfs.engine import MountError
+    from pyfs.format import Alloc
+
+    eng = engine()
+    t = eng.trans()
+    t.set(BtreeId.inodes, pack_key(1, 0), RAW + b"x")
+    t.commit()
+    # A journaled alloc key that does not decode (valid checksums around it).
+    eng.journal.add(BtreeId.alloc, pack_key(0, 40), bytes([Alloc.KEY_TYPE]) + b"\x01")
+    eng.flush()
+    with pytest.raises(MountError, match="run fsck"):
+        Engine(MemDevice(eng.dev.snapshot()))

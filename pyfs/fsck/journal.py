@@ -21,15 +21,12 @@ from dataclasses import dataclass, field
 
 from ..format import (
     BLOCK_SIZE,
-    BtreeId,
-    Extent,
     FormatError,
     JournalEntry,
-    KeyType,
-    checksum,
     unpack_jset,
     unpack_jset_header,
 )
+from ..journal.read import first_entry_missing_data
 
 
 @dataclass
@@ -202,42 +199,8 @@ def _fill(view: JournalView, r: RingReader, good: dict[int, Found], bad: dict[in
 
 
 def _cut_missing_data(dev, view: JournalView) -> int | None:
-    """Mount's rule for ordered data: the seq before which the journal is cut because
-    an entry newer than the newest one's flushed_seq introduced extents whose data
-    never reached the disk (None: no cut). Values that do not decode are left to
-    the key checks."""
-    ents = view.entries
-    if not ents:
-        return None
-    marker = ents[-1].flushed_seq
-    cut = None
-    while True:
-        bad = _unverified(dev, ents, marker, cut)
-        if bad is None:
-            return cut
-        cut = bad
-
-
-def _unverified(dev, ents: list[JournalEntry], marker: int, before: int | None) -> int | None:
-    final: dict[bytes, tuple[int, bytes]] = {}
-    for e in ents:
-        if e.seq > marker and (before is None or e.seq < before):
-            for bid, lv, k, v in e.keys:
-                if bid == BtreeId.extents and not lv:
-                    final[k] = (e.seq, v)
-    for seq, v in sorted(final.values()):
-        if not v or v[0] != KeyType.extent:
-            continue
-        try:
-            x = Extent.unpack(v)
-        except FormatError:
-            continue
-        n = x.region_blocks * BLOCK_SIZE
-        if not n or x.dev_offset % BLOCK_SIZE or x.dev_offset + n > dev.size or n > 1 << 26:
-            continue
-        if checksum(dev.pread(n, x.dev_offset)) != x.csum:
-            return seq
-    return None
+    """Mount's rule for ordered data, applied to fsck's view of the journal."""
+    return first_entry_missing_data(dev, view.entries)
 
 
 def erase_entries(dev, sb, found: list[Found]) -> None:

@@ -21,8 +21,12 @@ from dataclasses import dataclass, field
 from ..format import (
     BLOCK_SIZE,
     JSET_HDR_SIZE,
+    BtreeId,
+    Extent,
     FormatError,
     JournalEntry,
+    KeyType,
+    checksum,
     unpack_jset,
     unpack_jset_header,
 )
@@ -211,3 +215,48 @@ def _first_missing(seqs: list[int], lo: int, hi: int, next_seq, limit: int = 5) 
             out.append(s)
         s = next_seq(s)
     return out
+
+
+def first_entry_missing_data(dev, entries: list[JournalEntry]) -> int | None:
+    """The first unacknowledged entry whose new extents' data is not on disk.
+
+    Journal writes are not preceded by a flush of the file data they point
+    at; one device flush covers both. So entries newer than the newest one's
+    flushed_seq (never known durable) may have reached the disk without their
+    data. Their extents still live at the end of the journal are verified and
+    the journal is cut before the first failure (None: no cut). An
+    acknowledged entry always verifies: its flush covered its data, and a
+    bucket is reused only after the extent leaving it is durable. Cutting may
+    revive an extent whose deletion was cut, so this repeats until stable.
+    Values that do not decode are left to the key checks (fsck)."""
+    if not entries:
+        return None
+    marker = entries[-1].flushed_seq
+    cut = None
+    while True:
+        bad = _unverified(dev, entries, marker, cut)
+        if bad is None:
+            return cut
+        cut = bad
+
+
+def _unverified(dev, ents: list[JournalEntry], marker: int, before: int | None) -> int | None:
+    final: dict[bytes, tuple[int, bytes]] = {}
+    for e in ents:
+        if e.seq > marker and (before is None or e.seq < before):
+            for bid, lv, k, v in e.keys:
+                if bid == BtreeId.extents and not lv:
+                    final[k] = (e.seq, v)
+    for seq, v in sorted(final.values()):
+        if not v or v[0] != KeyType.extent:
+            continue
+        try:
+            x = Extent.unpack(v)
+        except FormatError:
+            continue
+        n = x.region_blocks * BLOCK_SIZE
+        if not n or x.dev_offset % BLOCK_SIZE or x.dev_offset + n > dev.size or n > 1 << 26:
+            continue
+        if checksum(dev.pread(n, x.dev_offset)) != x.csum:
+            return seq
+    return None
