@@ -12,10 +12,9 @@ yet trusted.
 
 from __future__ import annotations
 
-from ..device import Device
+from ..device import OverlayDevice  # noqa: F401  (re-exported for pyfs.fsck)
 from ..engine import Engine
 from ..format import (
-    BLOCK_SIZE,
     BtreeId,
     DataType,
     key_to_text,
@@ -23,65 +22,6 @@ from ..format import (
 from ..journal.read import JournalError, JournalScan, read_journal
 from .journal import JournalView
 from .topology import Prescan, _alloc_ok
-
-
-class OverlayDevice(Device):
-    """A device whose writes stay in memory: fsck -n runs every step of a check
-    (journal replay, rebuilt btrees) without changing the image."""
-
-    def __init__(self, inner: Device):
-        super().__init__(inner.path, inner.size, read_only=False, is_block=inner.is_block)
-        self.inner = inner
-        self.blocks: dict[int, bytes] = {}
-
-    def pread(self, length: int, offset: int) -> bytes:
-        if not self.blocks:
-            return self.inner.pread(length, offset)
-        self._check_range("read", length, offset)
-        first = offset // BLOCK_SIZE
-        last = (offset + length - 1) // BLOCK_SIZE if length else first - 1
-        if not any(b in self.blocks for b in range(first, last + 1)):
-            return self.inner.pread(length, offset)
-        start = first * BLOCK_SIZE
-        buf = bytearray(self.inner.pread((last + 1) * BLOCK_SIZE - start, start)) \
-            if (last + 1) * BLOCK_SIZE <= self.size else self._read_tail(start, last)
-        for b in range(first, last + 1):
-            blk = self.blocks.get(b)
-            if blk is not None:
-                buf[(b - first) * BLOCK_SIZE:(b - first + 1) * BLOCK_SIZE] = blk
-        s = offset - start
-        return bytes(buf[s:s + length])
-
-    def _read_tail(self, start: int, last: int) -> bytearray:
-        buf = bytearray(self.inner.pread(self.size - start, start))
-        return buf + bytes((last + 1) * BLOCK_SIZE - start - len(buf))
-
-    def pwrite(self, data, offset: int) -> None:
-        data = bytes(data)
-        self._check_range("write", len(data), offset)
-        pos = 0
-        while pos < len(data):
-            b, within = divmod(offset + pos, BLOCK_SIZE)
-            n = min(BLOCK_SIZE - within, len(data) - pos)
-            if n == BLOCK_SIZE:
-                self.blocks[b] = data[pos:pos + n]
-            else:
-                blk = bytearray(self.pread(BLOCK_SIZE, b * BLOCK_SIZE)
-                                if (b + 1) * BLOCK_SIZE <= self.size else
-                                self.pread(self.size - b * BLOCK_SIZE, b * BLOCK_SIZE).ljust(
-                                    BLOCK_SIZE, b"\0"))
-                blk[within:within + n] = data[pos:pos + n]
-                self.blocks[b] = bytes(blk)
-            pos += n
-
-    def flush(self) -> None:
-        pass
-
-    def discard(self, offset: int, length: int) -> None:
-        self._check_range("discard", length, offset)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def tolerate_alloc(eng) -> None:
