@@ -524,4 +524,7 @@ def _stdout_gone() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run through the imported module: commands in COMMAND_MODULES register
+    # with pyfs.cli, not with this __main__ copy of it.
+    from pyfs.cli import main as _main
+    raise SystemExit(_main())
