@@ -1,5 +1,0 @@
-"""Compatibility name: the interim allocator is gone; NoSpace lives in foreground."""
-
-from .foreground import NoSpace
-
-__all__ = ["NoSpace"]
