@@ -134,6 +134,15 @@ class Device:
         c["write_bytes"] += n
         return data
 
+    def _start_discard(self, offset: int, length: int) -> None:
+        """Check a discard (read-only, range) and count it."""
+        if self.read_only:
+            raise self._readonly_error()
+        self._check_range("discard", length, offset)
+        c = self.counters
+        c["discards"] += 1
+        c["discard_bytes"] += length
+
     def _readonly_error(self) -> DeviceError:
         return DeviceError(errno.EROFS, f"{self.path} is opened read-only")
 
@@ -211,12 +220,7 @@ class FileDevice(Device):
         os.fdatasync(self.fd)
 
     def discard(self, offset: int, length: int) -> None:
-        if self.read_only:
-            raise self._readonly_error()
-        self._check_range("discard", length, offset)
-        c = self.counters
-        c["discards"] += 1
-        c["discard_bytes"] += length
+        self._start_discard(offset, length)
         if length:
             self._discard(offset, length)
 
@@ -409,12 +413,7 @@ class MemDevice(Device):
         self.counters["flushes"] += 1
 
     def discard(self, offset: int, length: int) -> None:
-        if self.read_only:
-            raise self._readonly_error()
-        self._check_range("discard", length, offset)
-        c = self.counters
-        c["discards"] += 1
-        c["discard_bytes"] += length
+        self._start_discard(offset, length)
         _zero(self._view, offset, length)
 
     def snapshot(self) -> bytes:
