@@ -119,6 +119,19 @@ class Node:
         ks = sorted(d)
         return ks, [d[k] for k in ks]
 
+    def last_le(self, key: bytes, lo: bytes) -> tuple[bytes, bytes] | None:
+        """The greatest live (key, value) with lo <= key' <= key: one bisect per
+        set. A live key is in at least one set and a deleted one in none, so
+        the greatest candidate is the answer; get() gives its newest value."""
+        best = None
+        for keys in (self.nk, self.ok, self.wk):
+            i = bisect_right(keys, key) - 1
+            if i >= 0:
+                k = keys[i]
+                if k >= lo and (best is None or k > best):
+                    best = k
+        return None if best is None else (best, self.get(best))
+
     def first_key(self) -> bytes | None:
         c = [s[0] for s in (self.wk, self.ok, self.nk) if s]
         return min(c) if c else None

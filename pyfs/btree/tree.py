@@ -243,9 +243,9 @@ class BtreeSet:
         """The greatest live key in [lo, key], or None."""
         while True:
             node = self.leaf(btree_id, key)
-            items = node.items(max(lo, node.min_key), key)
-            if items:
-                return items[-1]
+            kv = node.last_le(key, max(lo, node.min_key))
+            if kv is not None:
+                return kv
             if node.min_key <= lo:
                 return None
             key = key_before(node.min_key)
