@@ -156,15 +156,22 @@ class Entry:
         return f"dirent {owner}:{self.slot} {show(self.d.tail)} -> {self.d.inum}"
 
 
-def _parse_entries(ctx: Ctx, entries: list[tuple[int, bytes]]) -> list[Entry]:
-    """The live entries, each with whether a lookup of its name finds it where it is
-    (the right hash, at or after its home with no empty slot in between)."""
-    out = []
+def _with_run_start(entries: list[tuple[int, bytes]]):
+    """(slot, value, first slot of its run of occupied slots), in slot order: a
+    lookup finds an entry only if its home lies in that run, at or before it."""
     run_start = prev = -2
     for slot, v in entries:
         if slot != prev + 1:
             run_start = slot
         prev = slot
+        yield slot, v, run_start
+
+
+def _parse_entries(ctx: Ctx, entries: list[tuple[int, bytes]]) -> list[Entry]:
+    """The live entries, each with whether a lookup of its name finds it where it is
+    (the right hash, at or after its home with no empty slot in between)."""
+    out = []
+    for slot, v, run_start in _with_run_start(entries):
         d = Dirent.unpack(v)
         if d.inum:
             home = hashtab.name_hash(ctx.seed, d.tail)
@@ -271,11 +278,7 @@ def _xattrs(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:
         return
     ctx.model.with_xattrs.add(owner)
     plan = []           # (slot, xattr, name, home, found by lookup)
-    run_start = prev = -2
-    for slot, v in entries:
-        if slot != prev + 1:
-            run_start = slot
-        prev = slot
+    for slot, v, run_start in _with_run_start(entries):
         x = Xattr.unpack(v)
         if x.name_len:
             name = x.tail[:x.name_len]
