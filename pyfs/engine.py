@@ -317,9 +317,11 @@ class Engine:
         j = self.journal
         if j.sealed and (not self.background or not j.needs_preflush()):
             j.write_sealed()
-        if j.fill_ratio() > RECLAIM_WATERMARK:
+        free = j.space_free()       # one tail walk per commit, not two
+        if 1.0 - free / j.ring > RECLAIM_WATERMARK:
             self.reclaim()
-        if j.needs_space():
+            free = j.space_free()   # reclaim's key-cache flush may seal an entry
+        if free < j.reserve_bytes:
             self.make_journal_space()
         if len(self.btrees.cache) > self.btrees.cache_nodes:
             self.btrees.maybe_evict()
