@@ -301,8 +301,12 @@ def test_fs_mark_and_rm_rf(mnt):
                         "-t", "1"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Files/sec" in r.stdout
-    r = subprocess.run(["fs_mark", "-d", mnt.p("fsk"), "-n", "300", "-s", "4096", "-S", "1",
-                        "-t", "2", "-k"], capture_output=True, text=True, timeout=600)
+    # One directory per thread: fs_mark's forked threads can draw the same
+    # random names, and in a shared directory they would overwrite each other.
+    os.mkdir(mnt.p("fsk"))
+    r = subprocess.run(["fs_mark", "-d", mnt.p("fsk/a"), "-d", mnt.p("fsk/b"), "-n", "300",
+                        "-s", "4096", "-S", "1", "-t", "2", "-k"],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     kept = sum(len(files) for _d, _s, files in os.walk(mnt.p("fsk")))
     assert kept == 600
@@ -325,6 +329,19 @@ def test_stats_command(mnt):
     assert s["journal_flushes"] >= 1 and s["data_write_bytes"] >= 12288
     r = pyfs_cli("stats", "/tmp", check=False)
     assert r.returncode != 0 and "not" in r.stderr
+
+
+def test_close_sends_no_flush_after_the_first(mnt):
+    # FLUSH answers ENOSYS once; the kernel then closes files without asking us.
+    for i in range(5):
+        with open(mnt.p(f"c{i}"), "wb") as f:
+            f.write(b"data %d" % i)
+    import json
+    s = json.loads(pyfs_cli("stats", "--json", mnt.path).stdout)
+    assert s["fuse_flush_requests"] == 1
+    for i in range(5):
+        with open(mnt.p(f"c{i}"), "rb") as f:
+            assert f.read() == b"data %d" % i
 
 
 def test_statfs(mnt):
