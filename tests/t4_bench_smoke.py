@@ -93,3 +93,27 @@ def test_files_written(result):
         assert (out / f"compare-{stamp}.png").exists()
         assert (out / "latest.png").exists()
     assert not result["meta"]["interrupted"]
+
+
+def test_scale_quick(tmp_path):
+    """bench/scale.py --quick: real mounts of 1 GiB and 1 TiB images and a
+    populated image walked through the mount, every figure present."""
+    why = _missing()
+    if why and not IN_CI:
+        pytest.skip(why)
+    out = tmp_path / "results"
+    env = dict(os.environ, PYFS_BENCH_DIR=str(tmp_path / "work"))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "scale.py"), "--quick", "--results-dir", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"scale.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads((out / "scale-latest.json").read_text())
+    assert [(r["peer"], r["size"]) for r in data["images"]] == [("pyfs", "1G"), ("pyfs", "1T")]
+    for r in data["images"]:
+        assert r["mount_s"] > 0 and r["VmRSS"] > 0 and r["engine_mount_s"] > 0
+    files = data["files"]
+    assert files["files"] == files["walked"] == 2000       # every file came back through FUSE
+    assert files["fsck_exit"] == 0
+    assert {t["what"] for t in data["targets"]} == {"1 TiB mount s", "1 TiB mount RSS MiB"}
+    assert "1 TiB mount s" in proc.stdout
+    assert not list((tmp_path / "work").iterdir())          # images and mounts cleaned up
