@@ -94,6 +94,15 @@ def test_discard_zeroes_exact_range(anydev):
     assert anydev.counters["discards"] == 2 and anydev.counters["discard_bytes"] == 20000
 
 
+def test_prefetch_is_a_hint(anydev):
+    anydev.pwrite(b"p" * 8192, 4096)
+    anydev.prefetch(4096, 8192)
+    anydev.prefetch(anydev.size - 4096, 8192)           # past the end: ignored
+    assert anydev.pread(8192, 4096) == b"p" * 8192
+    if isinstance(anydev, FileDevice):
+        assert anydev.counters["prefetches"] == 1
+
+
 def test_close_is_idempotent(anydev):
     anydev.close()
     anydev.close()

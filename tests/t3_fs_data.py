@@ -63,6 +63,32 @@ def test_large_write_spans_chunks(fsenv):
     assert fs2.read(f, 5, len(data)) == data
 
 
+def test_sequential_reads_prefetch_the_regions_ahead(fsenv):
+    fs = fsenv.fs
+    f = new_file(fs)
+    data = os.urandom(4 * 1024 * 1024)
+    fs.write(f, 0, data)
+    fs2 = fsenv.remount()                    # a cold region cache
+    regions = {e.dev_offset: e.region_blocks for _f, e in extents(fsenv.eng, f)}
+    assert len(regions) >= 8
+    advised: list[tuple[int, int]] = []
+    fsenv.dev.prefetch = lambda off, n: advised.append((off, n))
+    chunk = 128 * 1024
+    got = b"".join(fs2.read(f, off, chunk) for off in range(0, len(data), chunk))
+    assert got == data
+    # Every region after the first ones is advised once, as a whole, before
+    # the read that needs it.
+    assert len(advised) == len(set(advised)) >= len(regions) - 2
+    assert all(regions.get(off) == n // B for off, n in advised)
+    assert fsenv.eng.counters["data_readahead_regions"] == len(advised)
+    # Random reads prefetch nothing.
+    advised.clear()
+    fs3 = fsenv.remount()
+    for off in (3 * chunk, 20 * chunk, 7 * chunk, 29 * chunk):
+        assert fs3.read(f, off, chunk) == data[off:off + chunk]
+    assert advised == []
+
+
 def test_partial_overwrite_splits_extent(fsenv):
     fs, eng = fsenv.fs, fsenv.eng
     f = new_file(fs)

@@ -23,8 +23,10 @@ from .errors import FSError
 EXT = BtreeId.extents
 REGION_MAX_BLOCKS = 64          # 256 KiB: bounds what a small read must fetch
 REGION_CACHE = 16               # verified regions kept (appends re-read their tail)
+READAHEAD_BLOCKS = 256          # a sequential reader gets the next 1 MiB prefetched
+READAHEAD_FILES = 64            # sequential readers tracked at once
 COUNTERS = ("data_csum_errors", "data_write_bytes", "data_read_bytes", "data_regions_written",
-            "data_regions_read", "data_region_cache_hits")
+            "data_regions_read", "data_region_cache_hits", "data_readahead_regions")
 
 
 class DataIO:
@@ -36,6 +38,9 @@ class DataIO:
         for name in COUNTERS:
             self.c.setdefault(name, 0)
         self.cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        # inum -> (next block a sequential read would start at, block up to
+        # which regions have been prefetched)
+        self.readers: OrderedDict[int, tuple[int, int]] = OrderedDict()
 
     # ------------------------------------------------------------ lookups
 
@@ -99,8 +104,29 @@ class DataIO:
         if len(self.cache) > REGION_CACHE:
             self.cache.popitem(last=False)
 
+    def readahead(self, inum: int, first: int, end: int) -> None:
+        """Note a read of blocks [first, end); if it continues the last one,
+        ask the device for the regions of the next READAHEAD_BLOCKS early."""
+        readers = self.readers
+        nxt, ahead = readers.pop(inum, (-1, 0))
+        if first != nxt:
+            ahead = end         # a new or a random reader: nothing prefetched yet
+        elif ahead - end < READAHEAD_BLOCKS // 2:
+            start, stop = max(ahead, end), end + READAHEAD_BLOCKS
+            for f, e in self.extents(inum, start, stop):
+                if f < start < ahead:
+                    continue    # straddles the last window: prefetched with it
+                if (e.dev_offset, e.region_blocks, e.csum) not in self.cache:
+                    self.dev.prefetch(e.dev_offset, e.region_blocks * BLOCK_SIZE)
+                    self.c["data_readahead_regions"] += 1
+            ahead = stop
+        readers[inum] = (end, ahead)
+        if len(readers) > READAHEAD_FILES:
+            readers.popitem(last=False)
+
     def read_blocks(self, inum: int, first: int, end: int) -> bytearray:
         """File blocks [first, end) with holes as zeros."""
+        self.readahead(inum, first, end)
         out = bytearray((end - first) * BLOCK_SIZE)
         state = self.eng.alloc.state
         bs = self.eng.sb.bucket_size
