@@ -124,13 +124,21 @@ class DataIO:
         if len(readers) > READAHEAD_FILES:
             readers.popitem(last=False)
 
-    def read_blocks(self, inum: int, first: int, end: int) -> bytearray:
+    def read_blocks(self, inum: int, first: int, end: int) -> bytes | bytearray:
         """File blocks [first, end) with holes as zeros."""
         self.readahead(inum, first, end)
-        out = bytearray((end - first) * BLOCK_SIZE)
         state = self.eng.alloc.state
         bs = self.eng.sb.bucket_size
-        for f, e in self.extents(inum, first, end):
+        exts = self.extents(inum, first, end)
+        if len(exts) == 1:
+            f, e = exts[0]
+            if f <= first and end <= f + e.nblocks and not state.is_stale(e.dev_offset // bs,
+                                                                             e.gen):
+                # One extent covers it all (sequential reads): one copy, not three.
+                src = (e.live_offset + first - f) * BLOCK_SIZE
+                return self.region(e)[src:src + (end - first) * BLOCK_SIZE]
+        out = bytearray((end - first) * BLOCK_SIZE)
+        for f, e in exts:
             if state.is_stale(e.dev_offset // bs, e.gen):
                 # The bucket was emptied and its generation bumped (e.g. cached
                 # data invalidated): the pointer reads as absent, never as

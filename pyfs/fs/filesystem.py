@@ -744,6 +744,8 @@ class Filesystem:
         buf = self.data.read_blocks(inum, first, end)
         self._touch_atime(inum, ino)
         s = off - first * BLOCK_SIZE
+        if s == 0 and len(buf) == size and isinstance(buf, bytes):
+            return buf
         return bytes(buf[s:s + size])
 
     def _touch_atime(self, inum: int, ino: Inode) -> None:
@@ -848,7 +850,7 @@ class Filesystem:
         if size % BLOCK_SIZE:
             b = size // BLOCK_SIZE
             if self.data.extents(inum, b, b + 1):
-                blk = self.data.read_blocks(inum, b, b + 1)
+                blk = bytearray(self.data.read_blocks(inum, b, b + 1))
                 blk[size % BLOCK_SIZE:] = bytes(BLOCK_SIZE - size % BLOCK_SIZE)
                 new, refs = self.data.write_regions(inum, b, blk)
                 start = b
