@@ -227,7 +227,10 @@ class FileDevice(Device):
         # the disk works while we answer the request before it.
         if 0 <= offset and offset + length <= self.size:
             self.counters["prefetches"] = self.counters.get("prefetches", 0) + 1
-            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
+            try:
+                os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass        # only a hint: the read itself reports real errors
 
     def discard(self, offset: int, length: int) -> None:
         self._start_discard(offset, length)
