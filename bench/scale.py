@@ -1,7 +1,7 @@
 """Scale: mount time and memory of big images, and after 1,000,000 files.
 
     .venv/bin/python bench/scale.py [--files N] [--sizes 1G,1T,16T] [--quick]
-        [--no-peer] [--no-fsck] [--results-dir DIR]
+        [--no-peer] [--no-fsck] [--opts MOUNT_OPTIONS] [--results-dir DIR]
 
 1. Empty sparse images of 1 GiB, 1 TiB and 16 TiB (16 TiB less 2 MiB when the
    host file system cannot hold a 16 TiB file): mkfs, then `pyfs mount` as a
@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="smoke run: 1G and 1T, 2,000 files, no fuse2fs")
     p.add_argument("--no-peer", action="store_true", help="skip fuse2fs")
     p.add_argument("--no-fsck", action="store_true", help="skip fsck of the populated image")
+    p.add_argument("--opts", default="", help="pyfs mount options, e.g. cache_nodes=128")
     p.add_argument("--results-dir", default=str(HERE / "results"))
     a = p.parse_args(argv)
     if a.quick:
@@ -117,9 +118,9 @@ def unmount_s(peer: wl.FusePeer) -> float:
     return time.perf_counter() - t
 
 
-def empty_image(kind: str, label: str, size: int, workdir: Path) -> dict:
+def empty_image(kind: str, label: str, size: int, workdir: Path, opts: str) -> dict:
     cls = wl.PyfsPeer if kind == "pyfs" else wl.Fuse2fsPeer
-    peer = cls(f"{kind}-{label}", workdir, size)
+    peer = cls(f"{kind}-{label}", workdir, size, opts if kind == "pyfs" else "")
     try:
         peer.dir.mkdir(parents=True)
         peer.mnt.mkdir()
@@ -176,9 +177,9 @@ def walk(mnt: Path, timeout: float) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def many_files(files: int, workdir: Path, fsck: bool, log) -> dict:
+def many_files(files: int, workdir: Path, fsck: bool, opts: str, log) -> dict:
     size = max(4 * GiB, files * 8 * 1024)         # room for the btrees, with slack
-    peer = wl.PyfsPeer("pyfs-files", workdir, size)
+    peer = wl.PyfsPeer("pyfs-files", workdir, size, opts)
     try:
         peer.dir.mkdir(parents=True)
         peer.mnt.mkdir()
@@ -282,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                 kinds = ["pyfs"] + ([] if args.no_peer or label == "16T" else ["fuse2fs"])
                 for kind in kinds:
                     log(f"{kind} {label}: mkfs, mount, umount ...")
-                    result["images"].append(empty_image(kind, label, size, workdir))
+                    result["images"].append(empty_image(kind, label, size, workdir, args.opts))
             if args.files:
-                result["files"] = many_files(args.files, workdir, not args.no_fsck, log)
+                result["files"] = many_files(args.files, workdir, not args.no_fsck, args.opts, log)
         finally:
             for peer in list(wl._LIVE_FUSE.values()):
                 peer.stop()
