@@ -18,6 +18,8 @@ import errno
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 
@@ -73,6 +75,49 @@ def stats_dict(eng) -> dict[str, int]:
     s["discards"] = s["dev_discards"]
     s.setdefault("bounces", 0)
     return {k: v for k, v in s.items() if isinstance(v, (int, float))}
+
+
+class FlushThread:
+    """One long-lived thread that runs the device flushes.
+
+    A flush handed to it and waited for costs about 100 us of hand-off on the
+    test VM against 170-190 us through trio.to_thread.run_sync, which looks up
+    its thread cache, renames the thread twice and takes a capacity limiter on
+    every call. Flushes run one at a time anyway (see Flusher)."""
+
+    def __init__(self):
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="pyfs-flush", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            job()
+
+    async def run_sync(self, fn: Callable[[], object]) -> object:
+        """fn() in the flush thread. Like to_thread.run_sync, the caller waits
+        for it even when cancelled: a flush is never left half-observed."""
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        result: list = []
+
+        def job() -> None:
+            try:
+                result.append((True, fn()))
+            except BaseException as e:      # handed to the waiting task
+                result.append((False, e))
+            token.run_sync_soon(done.set)
+        self.jobs.put(job)
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout)
 
 
 class Flusher:

@@ -300,7 +300,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, notify_fd: int | None
     from .device import DeviceBusy, open_device
     from .engine import Engine
     from .fs import Filesystem
-    from .fuse import Flusher, Operations
+    from .fuse import Flusher, FlushThread, Operations
 
     logf = log_file(mountpoint)
     keep_log = notify_fd is None or (logf.exists() and logf.stat().st_size > 0)
@@ -329,11 +329,13 @@ def serve(image: str, mountpoint: str, opts: MountOptions, notify_fd: int | None
     fs.atime = not opts.noatime
     # Paths first: once mounted, resolving the mountpoint would ask ourselves.
     pidf = pid_file(mountpoint)
-    flusher = Flusher(eng)
+    flush_thread = FlushThread()
+    flusher = Flusher(eng, run_sync=flush_thread.run_sync)
     ops = Operations(fs, flusher)
     try:
         pyfuse3.init(ops, mountpoint, opts.fuse_options(image))
     except Exception as e:
+        flush_thread.stop()
         eng.close()
         _notify(notify_fd, f"error: FUSE mount on {mountpoint} failed: {e}")
         return 1
@@ -346,6 +348,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, notify_fd: int | None
         ops.fatal(e)
     finally:
         pyfuse3.close(unmount=True)
+        flush_thread.stop()             # trio.run has returned: no flush is in flight
         code = _shutdown(ops)
         pidf.unlink(missing_ok=True)
         if not keep_log and worst.worst < logging.WARNING:

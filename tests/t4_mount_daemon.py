@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pyfuse3
@@ -19,7 +20,7 @@ from conftest import FsEnv, Mount, pyfs_cli, require_fuse
 
 from pyfs.btree.tree import BtreeError
 from pyfs.format import SbState
-from pyfs.fuse import Flusher, Operations
+from pyfs.fuse import Flusher, FlushThread, Operations
 from pyfs.mount import MountFailed, _alive, is_mounted, parse_options
 
 
@@ -231,6 +232,35 @@ def test_group_commit_shares_flushes():
     assert flushes < n // 2, flushes
     assert eng.journal.durable_seq >= env.fs.fsync(env.fs.lookup(1, b"f%d" % (n - 1)).st_ino)
     env.close()
+
+
+def test_flush_thread_runs_jobs_off_the_loop_and_waits_them_out():
+    ft = FlushThread()
+    loop_thread = threading.get_ident()
+    ran: list[int] = []
+
+    def job():
+        time.sleep(0.05)
+        ran.append(threading.get_ident())
+        return 7
+
+    def bad():
+        raise OSError(errno.EIO, "flush failed")
+
+    async def main():
+        assert await ft.run_sync(job) == 7
+        with pytest.raises(OSError) as ei:
+            await ft.run_sync(bad)
+        assert ei.value.errno == errno.EIO
+        # Cancelled while the job runs: the caller still waits for it to end.
+        with trio.move_on_after(0.01) as scope:
+            await ft.run_sync(job)
+            assert len(ran) == 2
+        assert scope.cancel_called and len(ran) == 2
+    trio.run(main)
+    assert ran and all(t != loop_thread for t in ran)
+    ft.stop()
+    assert not ft.thread.is_alive()
 
 
 def test_fsync_of_durable_inode_needs_no_flush():
