@@ -117,3 +117,24 @@ def test_scale_quick(tmp_path):
     assert {t["what"] for t in data["targets"]} == {"1 TiB mount s", "1 TiB mount RSS MiB"}
     assert "1 TiB mount s" in proc.stdout
     assert not list((tmp_path / "work").iterdir())          # images and mounts cleaned up
+
+
+def test_requests_quick(tmp_path):
+    """bench/requests.py --quick: per-request and per-syscall costs of pyfs and fuse2fs."""
+    why = _missing()
+    if why and not IN_CI:
+        pytest.skip(why)
+    out = tmp_path / "results"
+    env = dict(os.environ, PYFS_BENCH_DIR=str(tmp_path / "work"))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "requests.py"), "--quick", "--results-dir",
+         str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"requests.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads((out / "requests-latest.json").read_text())
+    for peer in ("pyfs", "fuse2fs"):
+        assert {"anywhere", "same CPU"} <= set(data[peer]["getxattr_us"])
+        assert all(v > 0 for v in data[peer]["getxattr_us"].values())
+        steps = data[peer]["steps_us"]
+        assert all(steps[s] > 0 for s in ("mkdir", "open", "write", "fsync", "close"))
+    assert "fuse2fs/pyfs" in proc.stdout
+    assert not list((tmp_path / "work").iterdir())
