@@ -184,12 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 peer.stop()
     print()
     print(report(res))
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"requests-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(res, indent=1, sort_keys=True))
-    (out / "requests-latest.json").write_text(path.read_text())
-    print(f"\nresults: {path}")
+    wl.save_results(res, args.results_dir, "requests")
     return 0
 
 

@@ -293,12 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(result)
     print()
     print(text)
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=1, sort_keys=True))
-    (out / "scale-latest.json").write_text(path.read_text())
-    print(f"\nresults: {path}")
+    wl.save_results(result, args.results_dir, "scale")
     return 0
 
 

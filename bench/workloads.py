@@ -130,6 +130,17 @@ def worker(mode: str, *args, timeout: float) -> dict:
         raise BenchError(f"worker {mode}: no JSON in output: {_tail(res.stdout)}") from None
 
 
+def save_results(result: dict, results_dir: str | os.PathLike, name: str) -> Path:
+    """Write result as <name>-<timestamp>.json and <name>-latest.json; print the path."""
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=1, sort_keys=True))
+    (out / f"{name}-latest.json").write_text(path.read_text())
+    print(f"\nresults: {path}")
+    return path
+
+
 def is_root() -> bool:
     return os.geteuid() == 0
 

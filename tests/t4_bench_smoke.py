@@ -95,19 +95,24 @@ def test_files_written(result):
     assert not result["meta"]["interrupted"]
 
 
-def test_scale_quick(tmp_path):
-    """bench/scale.py --quick: real mounts of 1 GiB and 1 TiB images and a
-    populated image walked through the mount, every figure present."""
+def _run_quick(name: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """bench/<name>.py --quick with its images under tmp_path; its output and JSON."""
     why = _missing()
     if why and not IN_CI:
         pytest.skip(why)
     out = tmp_path / "results"
     env = dict(os.environ, PYFS_BENCH_DIR=str(tmp_path / "work"))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "scale.py"), "--quick", "--results-dir", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"scale.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    data = json.loads((out / "scale-latest.json").read_text())
+        [sys.executable, str(REPO / "bench" / f"{name}.py"), "--quick", "--results-dir",
+         str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{name}.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc, json.loads((out / f"{name}-latest.json").read_text())
+
+
+def test_scale_quick(tmp_path):
+    """bench/scale.py --quick: real mounts of 1 GiB and 1 TiB images and a
+    populated image walked through the mount, every figure present."""
+    proc, data = _run_quick("scale", tmp_path)
     assert [(r["peer"], r["size"]) for r in data["images"]] == [("pyfs", "1G"), ("pyfs", "1T")]
     for r in data["images"]:
         assert r["mount_s"] > 0 and r["VmRSS"] > 0 and r["engine_mount_s"] > 0
@@ -121,16 +126,7 @@ def test_scale_quick(tmp_path):
 
 def test_requests_quick(tmp_path):
     """bench/requests.py --quick: per-request and per-syscall costs of pyfs and fuse2fs."""
-    why = _missing()
-    if why and not IN_CI:
-        pytest.skip(why)
-    out = tmp_path / "results"
-    env = dict(os.environ, PYFS_BENCH_DIR=str(tmp_path / "work"))
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "requests.py"), "--quick", "--results-dir",
-         str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"requests.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    data = json.loads((out / "requests-latest.json").read_text())
+    proc, data = _run_quick("requests", tmp_path)
     for peer in ("pyfs", "fuse2fs"):
         assert {"anywhere", "same CPU"} <= set(data[peer]["getxattr_us"])
         assert all(v > 0 for v in data[peer]["getxattr_us"].values())
