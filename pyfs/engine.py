@@ -61,16 +61,6 @@ class EngineFailed(Exception):
     was cut at that moment) and refuses changes until it is mounted again."""
 
 
-# The node cache holds about this many bytes of nodes (its bound is a node
-# count): 128 nodes of 256 KiB. A walk of 1,000,000 files ran as fast with
-# it as with 512 nodes, and the daemon peaked at 197 MiB instead of 284.
-NODE_CACHE_BYTES = 32 << 20
-
-
-def default_cache_nodes(node_size: int) -> int:
-    return max(64, NODE_CACHE_BYTES // node_size)
-
-
 class Engine:
     def __init__(self, dev, *, write_buffer: int | None = None, cache_nodes: int | None = None,
                  read_only: bool = False, background: bool = False, backpointers: bool = True,
@@ -98,8 +88,6 @@ class Engine:
                                bucket_size=sb.bucket_size, nbuckets=sb.journal_nbuckets,
                                counters=self.counters, roots_fn=self._roots,
                                last_seq_fn=self._last_seq)
-        if cache_nodes is None:
-            cache_nodes = default_cache_nodes(self.node_size)
         self.btrees = BtreeSet(dev, self.node_size, None, self.journal, self.counters,
                                write_buffer=write_buffer, cache_nodes=cache_nodes)
         self.alloc = Allocator(sb, self.btrees, self.journal, dev, self.counters,

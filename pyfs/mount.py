@@ -58,7 +58,7 @@ class MountOptions:
     debug: bool = False
     flush_delay_ms: int = 1000
     btree_write_buffer: int | None = None
-    cache_nodes: int | None = None      # None: the engine's default for the node size
+    cache_nodes: int | None = None      # None: the node cache default (32 MiB of nodes)
     fsname: str | None = None
     noatime: bool = False
     discard: bool = True

@@ -126,7 +126,6 @@ class DataIO:
 
     def read_blocks(self, inum: int, first: int, end: int) -> bytes | bytearray:
         """File blocks [first, end) with holes as zeros."""
-        self.readahead(inum, first, end)
         state = self.eng.alloc.state
         bs = self.eng.sb.bucket_size
         exts = self.extents(inum, first, end)

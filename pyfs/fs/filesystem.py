@@ -741,6 +741,9 @@ class Filesystem:
         size = min(size, ino.size - off)
         first = off // BLOCK_SIZE
         end = -(-(off + size) // BLOCK_SIZE)
+        # Only reads the caller asked for feed readahead: the read-modify-write
+        # reads of writes and truncates would reset a sequential reader.
+        self.data.readahead(inum, first, end)
         buf = self.data.read_blocks(inum, first, end)
         self._touch_atime(inum, ino)
         s = off - first * BLOCK_SIZE
