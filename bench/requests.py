@@ -3,7 +3,7 @@
     .venv/bin/python bench/requests.py [--ops N] [--files N] [--quick] [--results-dir DIR]
 
 For each peer (pyfs, fuse2fs) on a fresh 1 GiB image, a client process
-(a worker child, timed with perf_counter around each syscall) measures:
+(a bench/workloads.py worker, timing each syscall) measures:
 
 1. `getxattr` of a missing name on one file: one round trip through the
    kernel and the daemon that does almost no filesystem work. Measured three
@@ -22,7 +22,6 @@ table, and bench/results/requests-<timestamp>.json (and requests-latest.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -35,7 +34,7 @@ sys.path.insert(0, str(HERE))
 import workloads as wl  # noqa: E402
 
 PEERS = ("pyfs", "fuse2fs")
-STEPS = ("mkdir", "open", "write", "fsync", "close")
+STEPS = wl.FSMARK_STEPS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,67 +47,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.quick:
         a.ops, a.files = 300, 100
     return a
-
-
-# ---------------------------------------------------------------------------
-# Client side (a child process: a hung mount never hangs the orchestrator)
-
-
-def client_getxattr(path: str, ops: int) -> dict:
-    try:
-        os.getxattr(path, "user.pyfs-bench-missing")
-    except OSError:
-        pass
-    t = time.perf_counter()
-    for _ in range(ops):
-        try:
-            os.getxattr(path, "user.pyfs-bench-missing")
-        except OSError:
-            pass
-    return {"us": (time.perf_counter() - t) / ops * 1e6}
-
-
-def client_steps(top: str, files: int) -> dict:
-    d = os.path.join(top, "s")
-    os.makedirs(d, exist_ok=True)
-    buf = bytes(4096)
-    acc = dict.fromkeys(STEPS, 0.0)
-    pc = time.perf_counter
-    for i in range(files):
-        t0 = pc()
-        try:
-            os.mkdir(d + "/")
-        except FileExistsError:
-            pass
-        t1 = pc()
-        fd = os.open(f"{d}/file-{i:08d}-padding-to-fs_mark-length",
-                     os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        t2 = pc()
-        os.write(fd, buf)
-        t3 = pc()
-        os.fsync(fd)
-        t4 = pc()
-        os.close(fd)
-        t5 = pc()
-        for name, a, b in zip(STEPS, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
-            acc[name] += b - a
-    return {k: v / files * 1e6 for k, v in acc.items()}
-
-
-def _client_main(argv: list[str]) -> int:
-    mode, path, n = argv[0], argv[1], int(argv[2])
-    cpu = int(argv[3]) if len(argv) > 3 else -1
-    if cpu >= 0:
-        os.sched_setaffinity(0, {cpu})
-    res = client_getxattr(path, n) if mode == "getxattr" else client_steps(path, n)
-    print(json.dumps(res))
-    return 0
-
-
-def client(mode: str, path: Path, n: int, cpu: int = -1, timeout: float = 600) -> dict:
-    res = wl.run([sys.executable, __file__, "--client", mode, str(path), str(n), str(cpu)],
-                 timeout=timeout)
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------
@@ -143,9 +81,10 @@ def measure(kind: str, workdir: Path, args) -> dict:
         everywhere = os.sched_getaffinity(0)
         for name, ccpu, dcpu in placements():
             pin_daemon(peer.proc.pid, {dcpu} if dcpu >= 0 else everywhere)
-            out["getxattr_us"][name] = client("getxattr", f, args.ops, ccpu)["us"]
+            out["getxattr_us"][name] = wl.worker("getxattr-lat", f, args.ops, ccpu,
+                                                 timeout=600)["us"]
         pin_daemon(peer.proc.pid, everywhere)
-        out["steps_us"] = client("steps", peer.mnt, args.files)
+        out["steps_us"] = wl.worker("fsmark-steps", peer.mnt, args.files, timeout=600)
         out["steps_us"]["total"] = sum(out["steps_us"][s] for s in STEPS)
     finally:
         peer.stop()
@@ -189,6 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--client"]:
-        sys.exit(_client_main(sys.argv[2:]))
     sys.exit(main())

@@ -24,7 +24,6 @@ Targets (seed 002 and issue 9): a 1 TiB image mounts in under 1 s with under
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -163,20 +162,6 @@ def populate(img: Path, files: int, log) -> dict:
     return {"files": made, "dirs": d, "create_s": took, "creates_per_s": made / took}
 
 
-def walk(mnt: Path, timeout: float) -> dict:
-    """os.scandir + stat of every entry, in a child (a hung mount cannot hang us)."""
-    code = (
-        "import os,sys,time,json\n"
-        "t=time.perf_counter(); n=0\n"
-        "for top in os.scandir(sys.argv[1]):\n"
-        "    if top.is_dir(follow_symlinks=False) and top.name!='lost+found':\n"
-        "        for e in os.scandir(top.path):\n"
-        "            e.stat(follow_symlinks=False); n+=1\n"
-        "print(json.dumps({'walked': n, 'walk_s': time.perf_counter()-t}))\n")
-    res = wl.run([sys.executable, "-c", code, str(mnt)], timeout=timeout)
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def many_files(files: int, workdir: Path, fsck: bool, opts: str, log) -> dict:
     size = max(4 * GiB, files * 8 * 1024)         # room for the btrees, with slack
     peer = wl.PyfsPeer("pyfs-files", workdir, size, opts)
@@ -193,7 +178,8 @@ def many_files(files: int, workdir: Path, fsck: bool, opts: str, log) -> dict:
         row.update(mounted(peer))
         row["mount_rss_mib"] = row.pop("VmRSS")
         row.pop("VmHWM", None)
-        row.update(walk(peer.mnt, timeout=max(600.0, files / 200)))
+        # os.scandir + stat of every file, in a child: a hung mount cannot hang us
+        row.update(wl.worker("walk", peer.mnt, timeout=max(600.0, files / 200)))
         st = proc_status(peer.proc.pid)
         row["walk_rss_mib"], row["peak_rss_mib"] = st["VmRSS"], st["VmHWM"]
         row["umount_s"] = unmount_s(peer)

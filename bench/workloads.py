@@ -16,6 +16,9 @@ Worker modes (run by the workloads below, not meant for people):
     python bench/workloads.py fdatasync-lat FILE ITERATIONS
     python bench/workloads.py meta-lat DIR OPS
     python bench/workloads.py fsync-loop FILE
+    python bench/workloads.py getxattr-lat FILE OPS CPU     (bench/requests.py; CPU -1: any)
+    python bench/workloads.py fsmark-steps DIR FILES        (bench/requests.py)
+    python bench/workloads.py walk DIR                      (bench/scale.py)
 """
 
 from __future__ import annotations
@@ -876,6 +879,66 @@ def _w_fsync_loop(path: str) -> None:
     print(n - 1, flush=True)        # fsyncs after "ready"
 
 
+FSMARK_STEPS = ("mkdir", "open", "write", "fsync", "close")
+
+
+def _w_getxattr_lat(path: str, ops: int, cpu: int) -> dict:
+    """Mean time of a getxattr of a missing name: one round trip, almost no work."""
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
+
+    def once() -> None:
+        try:
+            os.getxattr(path, "user.pyfs-bench-missing")
+        except OSError:
+            pass
+    once()
+    t = time.perf_counter()
+    for _ in range(ops):
+        once()
+    return {"us": (time.perf_counter() - t) / ops * 1e6}
+
+
+def _w_fsmark_steps(top: str, files: int) -> dict:
+    """fs_mark -S 1's syscalls per file, each timed: mean us per step."""
+    d = os.path.join(top, "s")
+    os.makedirs(d, exist_ok=True)
+    buf = bytes(4096)
+    acc = dict.fromkeys(FSMARK_STEPS, 0.0)
+    pc = time.perf_counter
+    for i in range(files):
+        t0 = pc()
+        try:
+            os.mkdir(d + "/")           # fs_mark does this before every file
+        except FileExistsError:
+            pass
+        t1 = pc()
+        fd = os.open(f"{d}/file-{i:08d}-padding-to-fs_mark-length",
+                     os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        t2 = pc()
+        os.write(fd, buf)
+        t3 = pc()
+        os.fsync(fd)
+        t4 = pc()
+        os.close(fd)
+        t5 = pc()
+        for name, a, b in zip(FSMARK_STEPS, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+            acc[name] += b - a
+    return {k: v / files * 1e6 for k, v in acc.items()}
+
+
+def _w_walk(top: str) -> dict:
+    """os.scandir + lstat of every entry one level below top's directories."""
+    t = time.perf_counter()
+    n = 0
+    for sub in os.scandir(top):
+        if sub.is_dir(follow_symlinks=False) and sub.name != "lost+found":
+            for e in os.scandir(sub.path):
+                e.stat(follow_symlinks=False)
+                n += 1
+    return {"walked": n, "walk_s": time.perf_counter() - t}
+
+
 def _worker_main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -890,6 +953,12 @@ def _worker_main(argv: list[str]) -> int:
         res = _w_fdatasync_lat(args[0], int(args[1]))
     elif mode == "meta-lat":
         res = _w_meta_lat(args[0], int(args[1]))
+    elif mode == "getxattr-lat":
+        res = _w_getxattr_lat(args[0], int(args[1]), int(args[2]))
+    elif mode == "fsmark-steps":
+        res = _w_fsmark_steps(args[0], int(args[1]))
+    elif mode == "walk":
+        res = _w_walk(args[0])
     else:
         print(f"unknown worker mode {mode!r}", file=sys.stderr)
         return 2
