@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 
 from .alloc.copygc import Copygc
-from .alloc.foreground import Allocator, NoSpace  # noqa: F401  (re-exported)
-from .btree.tree import BtreeSet
+from .alloc.foreground import Allocator, NoSpace, Watermark
+from .btree.tree import BtreeSet, BtreeSpaceError
 from .device import OverlayDevice
 from .format import (
     BTREE_ID_NR,
@@ -244,8 +244,8 @@ class Engine:
 
     # ------------------------------------------------------------ transactions
 
-    def trans(self) -> Trans:
-        return Trans(self)
+    def trans(self, watermark: Watermark = Watermark.normal) -> Trans:
+        return Trans(self, watermark)
 
     def add_trigger(self, btree_id: int, fn: Trigger) -> None:
         self.triggers.setdefault(btree_id, []).append(fn)
@@ -256,11 +256,19 @@ class Engine:
         Triggers run after each update is applied, with the old value the
         apply found (no second lookup). They put derived updates (e.g.
         backpointers) in t.extra["derived"] and per-bucket deltas for the
-        commit hooks; all of it lands in the same journal entry."""
+        commit hooks; all of it lands in the same journal entry.
+
+        Nothing inside the commit allocates: it is admitted only while its
+        watermark's reserve holds (NoSpace otherwise, with nothing applied),
+        and the splits, merges and node writes its keys call for run after it
+        (_maintain), where they may wait for space."""
         if self.failed is not None:
             raise EngineFailed(f"filesystem stopped after an error: {self.failed}")
         if self.read_only:
             raise PermissionError("read-only engine")
+        if not self.alloc.admits(t.watermark):
+            self.counters["commit_enospc"] = self.counters.get("commit_enospc", 0) + 1
+            raise NoSpace(f"no space for a commit above the {t.watermark.name} reserve")
         ups = t.updates
         j = self.journal
         trig = self.triggers
@@ -272,6 +280,7 @@ class Engine:
                 raise ValueError(f"value of {len(v)} bytes exceeds the {limit} limit")
             est += JSET_KEY_SIZE + (len(v) if v else 0) + (DERIVED_ESTIMATE if bid in trig else 0)
         seq = j.reserve(est)
+        self.btrees.defer()
         try:
             self._apply(t, ups, seq, trig)
             derived = t.extra.pop("derived", None)
@@ -283,10 +292,26 @@ class Engine:
         except BaseException as e:
             # Part of the transaction is applied in memory and in the open
             # journal entry: nothing of it may reach the disk.
+            self.btrees.deferred = None
             self.fail(e)
             raise
+        self._maintain()
         self._after_commit()
         return seq
+
+    def _maintain(self) -> None:
+        """The structure changes the last commit called for: splits, merges and
+        node writes, with the node backpointers they derive. Each is whole or
+        not done (no space: it waits); anything else that goes wrong here
+        leaves the btrees half-changed, so the engine stops writing."""
+        try:
+            self.btrees.run_deferred()
+            self.alloc.apply_deferred(self.journal.cur_seq)
+        except BtreeSpaceError as e:
+            raise NoSpace(str(e)) from e
+        except BaseException as e:
+            self.fail(e)
+            raise
 
     def fail(self, err: BaseException) -> None:
         """Stop writing anything, as if power were cut now; the durable state
@@ -314,6 +339,14 @@ class Engine:
                         fn(t, bid, key, old, val)
 
     def _after_commit(self) -> None:
+        try:
+            self._housekeep_after_commit()
+        except BtreeSpaceError as e:
+            # Nothing is half-done (a node that cannot be split or rewritten is
+            # left dirty); the reserves exist so that this does not happen.
+            raise NoSpace(str(e)) from e
+
+    def _housekeep_after_commit(self) -> None:
         j = self.journal
         if j.sealed and (not self.background or not j.needs_preflush()):
             j.write_sealed()

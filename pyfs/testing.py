@@ -7,6 +7,7 @@ allocator can be exercised and measured on its own.
 
 from __future__ import annotations
 
+from .alloc.foreground import Watermark
 from .format import BLOCK_SIZE, BtreeId, Extent, checksum, pack_key
 
 EXT = BtreeId.extents
@@ -34,7 +35,7 @@ def write_file(eng, inum: int, data: bytes, first_block: int = 0) -> int:
 
 
 def delete_file(eng, inum: int) -> None:
-    t = eng.trans()
+    t = eng.trans(Watermark.delete)
     for k, _v in t.iter(EXT, pack_key(inum, 0), pack_key(inum, MAX_LO)):
         t.delete(EXT, k)
     t.commit()

@@ -7,12 +7,18 @@ key to the open journal entry (so the transaction is never split across
 entries) and applies the keys to the in-memory btree nodes, pinning the
 entry's sequence on each node it dirties. Commit never waits for I/O; use
 Engine.flush / wait for a sequence to make it durable.
+
+A commit is admitted only if its watermark's reserve still holds (else
+NoSpace, before anything is applied); node splits, merges and writes its
+keys call for run after it is applied, outside the commit, so nothing
+inside a commit allocates (docs/DESIGN.md, "Full is not fatal").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from .alloc.foreground import Watermark
 from .format import MAX_KEY, ZERO_KEY
 
 # A trigger: fn(trans, btree_id, key, old_value_or_None, new_value_or_None).
@@ -20,10 +26,12 @@ Trigger = Callable[["Trans", int, bytes, "bytes | None", "bytes | None"], None]
 
 
 class Trans:
-    __slots__ = ("engine", "updates", "extra")
+    __slots__ = ("engine", "updates", "extra", "watermark")
 
-    def __init__(self, engine):
+    def __init__(self, engine, watermark: Watermark = Watermark.normal):
         self.engine = engine
+        # Which reserves the commit may dip into (deletes go below foreground's).
+        self.watermark = watermark
         self.extra: dict = {}           # state gathered by triggers for commit hooks
         # (btree_id, key) -> new value, or None for a delete; last update wins.
         self.updates: dict[tuple[int, bytes], bytes | None] = {}

@@ -47,7 +47,14 @@ from pyfs.format import (  # noqa: E402
     unpack_key,
 )
 from pyfs.fs import dir as hashtab  # noqa: E402
-from pyfs.fs.inode import FS_INFO_KEY, inode_key, orphan_key, orphan_val  # noqa: E402
+from pyfs.fs.inode import (  # noqa: E402
+    FS_INFO_KEY,
+    inode_key,
+    orphan_key,
+    orphan_val,
+    pack_fs_info,
+    unpack_fs_info,
+)
 from pyfs.fsck import FsckOptions, fsck_device  # noqa: E402
 from pyfs.fsck.craft import (  # noqa: E402
     base_image,
@@ -958,8 +965,16 @@ def c_orphan_completed():
 @case("inode_gen_limit", "the generation limit is below the inodes' generations")
 def c_inode_gen_limit():
     dev, _t = _basic()
-    from pyfs.fs.inode import pack_fs_info
-    set_key(dev, INO, FS_INFO_KEY, pack_fs_info(3))
+    _gen, ninodes = unpack_fs_info(get_key(dev, INO, FS_INFO_KEY))
+    set_key(dev, INO, FS_INFO_KEY, pack_fs_info(3, ninodes))
+    return dev
+
+
+@case("inode_count_wrong", "the filesystem info record counts 5 inodes more than there are")
+def c_inode_count_wrong():
+    dev, _t = _basic()
+    gen, ninodes = unpack_fs_info(get_key(dev, INO, FS_INFO_KEY))
+    set_key(dev, INO, FS_INFO_KEY, pack_fs_info(gen, ninodes + 5))
     return dev
 
 

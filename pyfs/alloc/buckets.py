@@ -60,6 +60,8 @@ class BucketState:
         self.discard_enabled = True
         self.orphans_at_mount: list[int] = []
         self.frag = Fragmentation(bucket_size // 512)
+        # Live sectors by data type (user, btree): what statfs reports as used.
+        self.live = {DataType.user: 0, DataType.btree: 0}
         # During mount: alloc keys journaled but not yet replayed into the btree.
         self.overlay: dict[int, bytes] | None = None
 
@@ -120,6 +122,8 @@ class BucketState:
             return
         sectors = a.dirty_sectors + delta
         assert sectors >= 0, f"bucket {b}: sector count would go negative ({sectors})"
+        if data_type in self.live:
+            self.live[data_type] += delta
         if sectors and a.data_type != data_type:
             a = a.replace(data_type=data_type)
         a = a.replace(dirty_sectors=sectors)
@@ -199,6 +203,7 @@ class BucketState:
         so the index is ready before replay touches the btrees."""
         idx = self.index
         idx.set_range_free(first, end)
+        self.live = dict.fromkeys(self.live, 0)
         seen = set()
         for k, v in self.btrees.iter(ALLOC):
             b = int.from_bytes(k[8:], "big")
@@ -216,6 +221,8 @@ class BucketState:
             return
         if a.data_type == DataType.free:
             return
+        if a.data_type in self.live:
+            self.live[a.data_type] += a.dirty_sectors
         self.frag.update(b, a, False)
         self.index.set_used(b)
         if a.flags & NEED_DISCARD:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 
 from ..format import BLOCK_SIZE, SECTOR_SIZE, Backpointer, BtreeId, Extent, KeyType, checksum
+from .foreground import Watermark
 
 COUNTERS = ("copygc_runs", "copygc_buckets_evacuated", "copygc_bytes_moved",
             "copygc_extents_moved", "copygc_nodes_moved", "copygc_ns", "copygc_skipped")
@@ -82,11 +83,12 @@ class Copygc:
 
     def _room_for(self, need: int) -> bool:
         a = self.alloc
-        if a.index.count - a.reserve >= need:
+        floor = a.floors[Watermark.copygc] + a.commit_margin
+        if a.index.count - floor >= need:
             return True
         if a.state.waiting or a.state.discard_ready:
             self.eng._need_space()          # flush, discard: recycle evacuated buckets
-        return a.index.count - a.reserve >= need
+        return a.index.count - floor >= need
 
     def evacuate(self, b: int) -> bool:
         """Move everything live in bucket b elsewhere. True if it is now empty."""
@@ -119,11 +121,11 @@ class Copygc:
         inum = int.from_bytes(bp.pos[:8], "big")
         first_block = int.from_bytes(bp.pos[8:], "big")
         pos = 0
-        t = eng.trans()
+        t = eng.trans(Watermark.copygc)
         refs = []
         while pos < e.nblocks:
             off, n, gen, ref = self.alloc.alloc_data(inum, first_block + pos, e.nblocks - pos,
-                                                     copygc=True)
+                                                     Watermark.copygc)
             refs.append(ref)
             chunk = live[pos * BLOCK_SIZE:(pos + n) * BLOCK_SIZE]
             eng.dev.pwrite(chunk, off)

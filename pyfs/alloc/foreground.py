@@ -16,6 +16,7 @@ cache in the same journal entry as the extent keys.
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 
 from ..format import (
@@ -34,6 +35,27 @@ from .goal import Goals
 
 MAX_DATA_WPS = 8
 BLOCK_SECTORS = BLOCK_SIZE // SECTOR_SIZE
+# Btree nodes the structure changes one commit leaves behind may take (splits
+# of the leaves it filled, with their parents): admitting a commit needs this
+# much above its watermark's floor.
+COMMIT_MARGIN_NODES = 6
+# Node slots kept for btree maintenance (compaction, merges, splits) on a big
+# filesystem; small ones keep 1/64 of their buckets, at least 4.
+BTREE_RESERVE_NODES = 256
+COPYGC_RESERVE_MAX = 256
+
+
+class Watermark(enum.IntEnum):
+    """Who allocates, most restricted first (bcachefs's allocation watermarks).
+
+    Each may take space only while more than its floor stays free, so the
+    classes below it always find some: users get ENOSPC while deleting,
+    copygc and btree maintenance (and with them unmount, mount and fsck)
+    still have room."""
+    normal = 0      # user data and growing metadata: writes, creates, xattrs, renames
+    copygc = 1      # copygc's moves: they make room
+    delete = 2      # what frees space: unlink, rmdir, truncate, removexattr, orphans
+    btree = 3       # btree maintenance: splits, merges, compaction; mount, unmount, fsck
 
 
 class NoSpace(Exception):
@@ -97,14 +119,40 @@ class Allocator:
         self.data_wps: OrderedDict[int, WritePoint] = OrderedDict()
         self.btree_wp: OpenBucket | None = None
         self.pending_bp: list[tuple[bytes, bytes | None]] = []
-        # Buckets kept back for btree nodes so that deletes can always commit,
-        # and above that for copygc, so it can always make room.
-        self.reserve = max(4, (self.end - self.first) // 64)
-        self.copygc_reserve = max(2, (self.end - self.first) // 128)
+        self._size_reserves()
         self.copygc_wp = WritePoint()
         self.on_need_space = None   # engine: flush the journal so waiting buckets free up
         self.on_low_space = None    # engine: run copygc
         self.low_space_mark = 0     # free buckets below which on_low_space runs
+
+    def _size_reserves(self) -> None:
+        """Reserves in buckets, from the bottom: btree maintenance, deletes,
+        copygc; foreground allocation stops above all of them (docs/DESIGN.md)."""
+        ndata = self.end - self.first
+        npb = max(1, self.bucket_size // self.node_size)
+        self.btree_reserve = max(4, min(ndata // 64, -(-BTREE_RESERVE_NODES // npb)))
+        self.delete_reserve = max(2, self.btree_reserve // 2)
+        self.copygc_reserve = max(2, min(ndata // 128, COPYGC_RESERVE_MAX))
+        self.commit_margin = -(-COMMIT_MARGIN_NODES // npb)
+        self.floors = {
+            Watermark.btree: 0,
+            Watermark.delete: self.delete_reserve,
+            Watermark.copygc: self.btree_reserve,
+            Watermark.normal: self.btree_reserve + self.copygc_reserve,
+        }
+        # Kept for callers that ask for "the reserve": what foreground may not use.
+        self.reserve = self.floors[Watermark.normal] + self.commit_margin
+
+    def free_total(self) -> int:
+        """Buckets free now or once the journal is flushed and discards are done."""
+        st = self.state
+        return self.index.count + len(st.waiting) + len(st.discard_ready)
+
+    def admits(self, wm: Watermark) -> bool:
+        """Whether a commit at wm may start: after the structure changes it may
+        cause, its floor still holds."""
+        return wm == Watermark.btree or (
+            self.free_total() >= self.floors[wm] + self.commit_margin)
 
     # ------------------------------------------------------------ mount
 
@@ -143,43 +191,45 @@ class Allocator:
         self.state.open_refs.pop(ob.bucket, None)
         self.state.close_bucket(ob.bucket)
 
-    def _find(self, inum: int, goal: int, *, data: bool, copygc: bool = False) -> int:
-        """A free bucket for a new open bucket, making room if there is none.
+    def _find(self, inum: int, goal: int, wm: Watermark) -> int:
+        """A free bucket for a new open bucket at watermark wm, making room
+        (journal flush, discards, copygc) if there is none above its floor.
 
-        Foreground data stops at the copygc + btree reserves; copygc data at the
-        btree reserve; btree nodes may use everything."""
-        floor = 0 if not data else self.reserve + (0 if copygc else self.copygc_reserve)
-        if (data and not copygc and self.on_low_space is not None
-                and self.index.count < self.low_space_mark):
+        Data allocations keep the commit margin above their floor too, so the
+        commit of the extents they write is admitted (see admits)."""
+        data = wm != Watermark.btree
+        floor = self.floors[wm] + (self.commit_margin if data else 0)
+        normal = wm == Watermark.normal
+        if normal and self.on_low_space is not None and self.index.count < self.low_space_mark:
             self.on_low_space()         # copygc while there is still room to copy into
         for attempt in range(3):
             if self.index.count > floor:
                 b, _ = self.goals.find(inum, goal, data=data)
                 if b is not None:
                     return b
-            if copygc:
+            if wm == Watermark.copygc:
                 break
             if attempt == 0 and self.on_need_space is not None and (
                     self.state.waiting or self.state.discard_ready):
                 self.c["alloc_journal_waits"] += 1
                 self.on_need_space()
-            elif data and self.on_low_space is not None and self.state.frag.live:
+            elif normal and self.on_low_space is not None and self.state.frag.live:
                 self.on_low_space()
             else:
                 break
         self.c["alloc_enospc"] += 1
-        raise NoSpace("no free bucket")
+        raise NoSpace(f"no free bucket above the {wm.name} reserve")
 
     # ------------------------------------------------------------ data
 
-    def alloc_data(self, inum: int, file_block: int, nblocks: int, *, copygc: bool = False
-                   ) -> tuple[int, int, int, OpenBucket]:
+    def alloc_data(self, inum: int, file_block: int, nblocks: int,
+                   wm: Watermark = Watermark.normal) -> tuple[int, int, int, OpenBucket]:
         """Up to nblocks contiguous blocks in one bucket: (offset, nblocks, gen, ref).
 
         The caller writes the data, commits the extent, then calls ref.release().
         copygc's moves use their own write point, keeping foreground runs linear."""
-        if copygc:
-            return self._take_blocks(self.copygc_wp, inum, file_block, nblocks, copygc=True)
+        if wm == Watermark.copygc:
+            return self._take_blocks(self.copygc_wp, inum, file_block, nblocks, wm)
         goals = self.goals
         cont = None
         for wp in self.data_wps.values():
@@ -194,14 +244,14 @@ class Allocator:
                 wp = self._new_wp(g)
         else:
             wp = cont
-        return self._take_blocks(wp, inum, file_block, nblocks, linear=cont is not None)
+        return self._take_blocks(wp, inum, file_block, nblocks, wm, linear=cont is not None)
 
-    def _take_blocks(self, wp: WritePoint, inum: int, file_block: int, nblocks: int, *,
-                     linear: bool = False, copygc: bool = False
+    def _take_blocks(self, wp: WritePoint, inum: int, file_block: int, nblocks: int,
+                     wm: Watermark, *, linear: bool = False
                      ) -> tuple[int, int, int, OpenBucket]:
         ob = wp.ob
         if ob is None or ob.room() < BLOCK_SIZE:
-            ob = self._refill(wp, inum, file_block, linear=linear, copygc=copygc)
+            ob = self._refill(wp, inum, file_block, wm, linear=linear)
         n = min(nblocks, ob.room() // BLOCK_SIZE)
         off = ob.pos
         ob.pos += n * BLOCK_SIZE
@@ -220,18 +270,17 @@ class Allocator:
         self.data_wps[g] = wp
         return wp
 
-    def _refill(self, wp: WritePoint, inum: int, file_block: int, *, linear: bool,
-                copygc: bool = False) -> OpenBucket:
+    def _refill(self, wp: WritePoint, inum: int, file_block: int, wm: Watermark, *,
+                linear: bool) -> OpenBucket:
         if wp.ob is not None:
             wp.ob.release()
             wp.ob = None
         b = None
         if linear and wp.last_bucket >= 0 and self.index.count >= self.low_space_mark and (
-                self.index.count > self.reserve + self.copygc_reserve):
+                self.index.count > self.floors[wm] + self.commit_margin):
             b = self.goals.next_linear(wp.last_bucket, wp.run)
         if b is None:
-            b = self._find(inum, self.goals.goal_bucket(inum, file_block), data=True,
-                           copygc=copygc)
+            b = self._find(inum, self.goals.goal_bucket(inum, file_block), wm)
             wp.run = 0
         else:
             wp.run += 1
@@ -255,13 +304,30 @@ class Allocator:
 
     # ------------------------------------------------------------ btree nodes
 
+    def ensure_nodes(self, n: int) -> bool:
+        """Whether n btree nodes can be allocated now, flushing the journal first
+        if that frees buckets. Structure changes ask before they start, so they
+        never fail half-done; nodes may use every bucket (Watermark.btree)."""
+        ob = self.btree_wp
+        room = ob.room() // self.node_size if ob is not None else 0
+        if n <= room:
+            return True
+        npb = max(1, self.bucket_size // self.node_size)
+        need = -(-(n - room) // npb)
+        if self.index.count < need and self.on_need_space is not None and (
+                self.state.waiting or self.state.discard_ready):
+            self.c["alloc_journal_waits"] += 1
+            self.on_need_space()
+        return self.index.count >= need
+
     def alloc_node(self, btree_id: int, level: int, min_key: bytes) -> int:
         ob = self.btree_wp
         if ob is None or ob.room() < self.node_size:
+            goal = ob.bucket + 1 if ob is not None else self.first
             if ob is not None:
+                self.btree_wp = None
                 ob.release()
-            goal = self.btree_wp.bucket + 1 if self.btree_wp is not None else self.first
-            self.btree_wp = ob = self._open(self._find(0, goal, data=False))
+            self.btree_wp = ob = self._open(self._find(0, goal, Watermark.btree))
         off = ob.pos
         ob.pos += self.node_size
         self.c["alloc_nodes"] += 1
@@ -345,5 +411,22 @@ class Allocator:
             "data_buckets": self.end - self.first, "free": self.index.count,
             "waiting_journal": st.nwaiting, "need_discard": len(st.discard_ready),
             "open": len(st.open_refs), "reserve": self.reserve,
+            "reserve_btree": self.btree_reserve, "reserve_delete": self.delete_reserve,
+            "reserve_copygc": self.copygc_reserve, "commit_margin": self.commit_margin,
+            "live_user_bytes": st.live[DataType.user] * SECTOR_SIZE,
+            "live_btree_bytes": st.live[DataType.btree] * SECTOR_SIZE,
             "keycache": len(st.cache),
         }
+
+    def space(self) -> tuple[int, int, int]:
+        """(capacity, used, available to users) in bytes, for statfs.
+
+        Used is what live data and btree nodes occupy; what is free but
+        fragmented comes back through copygc, so it counts as free. Users
+        get ENOSPC at the reserves (docs/DESIGN.md), so those never count
+        as available."""
+        st = self.state
+        total = (self.end - self.first) * self.bucket_size
+        used = min(total, (st.live[DataType.user] + st.live[DataType.btree]) * SECTOR_SIZE)
+        reserved = self.reserve * self.bucket_size
+        return total, used, max(0, total - used - reserved)

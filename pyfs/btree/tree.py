@@ -9,8 +9,10 @@ collaborators passed in by the engine:
            .add_interior(btree_id, level, key, val) to journal
            a pointer change, and .node_written() to note a node write that
            the next journal write must be ordered after.
-  space:   .alloc_node() -> byte offset of a free region, and
-           .free_node(offset, seq): the region may be reused once seq is durable.
+  space:   .alloc_node() -> byte offset of a free region,
+           .free_node(offset, seq): the region may be reused once seq is durable,
+           and .ensure_nodes(n) -> whether n nodes can be allocated now: every
+           structure change asks first, so none fails half-done.
 
 Node writes: dirty keys are buffered in memory and a node is written when
 journal reclaim asks (the normal path), when the cache must evict it, when its
@@ -62,6 +64,11 @@ class BtreeError(Exception):
     """A btree node read from disk is inconsistent with the tree above it."""
 
 
+class BtreeSpaceError(Exception):
+    """A node must be written but no space can be had to split or rewrite it.
+    The reserves exist so that this never happens (docs/DESIGN.md)."""
+
+
 # The node cache holds about this many bytes of nodes (its bound is a node
 # count): 128 nodes of 256 KiB. A walk of 1,000,000 files ran as fast with
 # it as with 512 nodes, and the daemon peaked at 197 MiB instead of 284.
@@ -81,7 +88,11 @@ class BtreeSet:
         # Bound on dirty bytes per node; 4096 reproduces write-every-4-KiB.
         self.write_buffer = write_buffer or node_size // 2
         self.split_bytes = node_size * 3 // 4 - NODE_HDR_SIZE
-        self.merge_bytes = node_size // 8
+        # Merge a node under 1/3 full with a sibling when the two fit in 7/12
+        # of a node (bcachefs's threshold and hysteresis): deletes give space
+        # back, and a fresh split (two 3/8 halves) never merges straight back.
+        self.merge_bytes = node_size // 3
+        self.merged_max = node_size * 7 // 12
         # A value must fit a node whatever it is split beside.
         self.max_value = node_size // 2 - 4096
         if cache_nodes is None:
@@ -99,6 +110,12 @@ class BtreeSet:
         # earlier session wrote (see _read).
         self.written_regions: set[int] = set()
         self.tick = 0
+        # While a commit applies its keys, nodes that need a split, merge or
+        # write collect here instead (see defer()): nothing inside a commit
+        # allocates, so a commit can never fail half-applied for want of space.
+        self.deferred: dict[Node, None] | None = None
+        # Nodes whose deferred change found no space; retried at the next chance.
+        self.retry: dict[Node, None] = {}
 
     # ------------------------------------------------------------ node cache
 
@@ -277,10 +294,8 @@ class BtreeSet:
             node.pin_seq = seq
             self.dirty[node] = None
         node.max_seq = seq
-        if node.live_bytes > self.split_bytes:
-            self.split(node)
-        elif node.dirty_bytes > self.write_buffer:
-            self.write_node(node, "buffer")
+        if node.live_bytes > self.split_bytes or node.dirty_bytes > self.write_buffer:
+            self._changed(node)
         return old
 
     def delete(self, btree_id: int, key: bytes, seq: int) -> bytes | None:
@@ -291,11 +306,47 @@ class BtreeSet:
             self.c["btree_whiteouts_avoided"] += 1
         self.c["btree_updates"] += 1
         self._pin(node, seq)
-        if node.live_bytes < self.merge_bytes and node is not self.roots[btree_id]:
-            self.maybe_merge(node)
-        elif node.dirty_bytes > self.write_buffer:
-            self.write_node(node, "buffer")
+        if (node.live_bytes < self.merge_bytes and node is not self.roots[btree_id]) or (
+                node.dirty_bytes > self.write_buffer):
+            self._changed(node)
         return old
+
+    def _changed(self, node: Node) -> None:
+        """A leaf is overfull, underfull or holds many dirty bytes: split, merge
+        or write it now, or after the commit being applied."""
+        if self.deferred is not None:
+            self.deferred[node] = None
+        else:
+            self.maintain(node)
+
+    def maintain(self, node: Node) -> None:
+        """Split, merge or write a node that needs it (it may need none by now)."""
+        if self.cache.get(node.ptr) is not node:
+            return                  # retired by a split or merge meanwhile
+        if node.live_bytes > self.split_bytes:
+            self.split(node)
+            return
+        while node is not None and node.live_bytes < self.merge_bytes and (
+                node is not self.roots[node.btree_id]):
+            node = self.maybe_merge(node)   # the merged node may take another sibling
+        if node is not None and node.dirty_bytes > self.write_buffer:
+            self.write_node(node, "buffer")
+
+    def defer(self) -> None:
+        """Start collecting structure changes (a commit is being applied)."""
+        self.deferred = {}
+
+    def run_deferred(self) -> int:
+        """Do the structure changes collected since defer(), and earlier ones that
+        found no space. Returns how many still wait for space."""
+        todo = self.retry
+        if self.deferred:
+            todo.update(self.deferred)
+        self.deferred = None
+        self.retry = {}
+        for node in todo:
+            self.maintain(node)
+        return len(self.retry)
 
     def apply_interior(self, btree_id: int, level: int, key: bytes, val: bytes, seq: int) -> None:
         """Replay a journaled pointer change into the node at `level` covering key."""
@@ -341,34 +392,50 @@ class BtreeSet:
         node.pin_seq = 0
         self.space.free_node(node.offset, self.journal.cur_seq)
 
-    def split(self, node: Node) -> None:
-        parent = self._parent(node)
-        keys, vals = node.all_live()
-        # Split at the byte midpoint so both halves have room to grow.
-        half = node.live_bytes // 2
+    def _pieces(self, vals: list[bytes], live: int) -> list[int]:
+        """Cut points splitting a node's entries into pieces of equal bytes, each
+        with room to grow: two, or more for a node a commit filled past its size."""
+        n = max(2, -(-live // (self.split_bytes * 2 // 3)))
+        cuts = []
         acc = 0
-        cut = 1
         for i, v in enumerate(vals):
             acc += ENTRY_OVERHEAD + len(v)
-            if acc >= half:
-                cut = max(1, min(i + 1, len(keys) - 1))
-                break
+            if acc * n >= live * (len(cuts) + 1) and len(cuts) < n - 1:
+                cuts.append(i + 1)
+        cuts = sorted({min(max(c, 1), len(vals) - 1) for c in cuts})
+        return cuts or [1]
+
+    def split(self, node: Node) -> bool:
+        """Split node into pieces; False (nothing changed) if no space for them."""
+        if node.nlive < 2:
+            return False            # one key always fits (max_value); nothing to split
+        parent = self._parent(node)
+        keys, vals = node.all_live()
+        cuts = self._pieces(vals, node.live_bytes)
+        new_root = parent is None
+        if not self.space.ensure_nodes(len(cuts) + 1 + new_root):
+            self._wait_for_space(node)
+            return False
         # The allocator reads alloc keys through these btrees, so every
         # allocation and free must find the tree whole: allocate while the
         # old node is still in place, free once the parent points past it.
-        new_root = parent is None
         if new_root:
             parent = self._new_node(node.btree_id, node.level + 1, ZERO_KEY, MAX_KEY)
             parent.new = True
-        left = self._new_node(node.btree_id, node.level, node.min_key, key_before(keys[cut]))
-        right = self._new_node(node.btree_id, node.level, keys[cut], node.max_key)
-        for n, ks, vs in ((left, keys[:cut], vals[:cut]), (right, keys[cut:], vals[cut:])):
-            n.set_written(ks, vs)
+        bounds = [0, *cuts, len(keys)]
+        pieces = []
+        for i in range(len(bounds) - 1):
+            a, b = bounds[i], bounds[i + 1]
+            hi = key_before(keys[b]) if b < len(keys) else node.max_key
+            n = self._new_node(node.btree_id, node.level, node.min_key if a == 0 else keys[a],
+                               hi)
+            n.set_written(keys[a:b], vals[a:b])
             n.max_seq = node.max_seq
             self.write_node(n, "new")
+            pieces.append(n)
         self.c["btree_splits"] += 1
-        self._set_ptr(parent, left)
-        self._set_ptr(parent, right)
+        for n in pieces:
+            self._set_ptr(parent, n)
         if new_root:
             self.roots[node.btree_id] = parent
         self._retire(node)
@@ -376,24 +443,34 @@ class BtreeSet:
             self.write_node(parent, "new")
         elif parent.live_bytes > self.split_bytes:
             self.split(parent)
+        return True
 
-    def maybe_merge(self, node: Node) -> None:
-        """Merge an underfull node with a sibling when the result stays small."""
+    def _wait_for_space(self, node: Node) -> None:
+        """A structure change found no space: the node stays as it is (valid in
+        memory) and the change is tried again at the next chance."""
+        self.retry[node] = None
+        self.c["btree_maintenance_enospc"] = self.c.get("btree_maintenance_enospc", 0) + 1
+
+    def maybe_merge(self, node: Node) -> Node | None:
+        """Merge an underfull node with a sibling when the result stays small;
+        return the merged node (None if nothing was merged)."""
         parent = self._parent(node)
         if parent is None:
-            return
+            return None
         pkeys, pvals = parent.merged()
         i = bisect_right(pkeys, node.min_key) - 1
         if len(pkeys) == 1:
             if parent is self.roots[node.btree_id]:
                 self._collapse_root(parent, node)
-            return
+            return None
         j = i + 1 if i + 1 < len(pkeys) else i - 1
         lo, hi = sorted((i, j))
         left = node if lo == i else self._child_at(parent, lo)
         right = node if hi == i else self._child_at(parent, hi)
-        if left.live_bytes + right.live_bytes > self.split_bytes // 2:
-            return
+        if left.live_bytes + right.live_bytes > self.merged_max:
+            return None
+        if not self.space.ensure_nodes(1):
+            return None             # a merge is never needed: skip it while space is short
         lk, lv = left.all_live()
         rk, rv = right.all_live()
         merged = self._new_node(node.btree_id, node.level, left.min_key, right.max_key)
@@ -410,6 +487,7 @@ class BtreeSet:
                 self._collapse_root(parent, merged)
         elif parent.live_bytes < self.merge_bytes:
             self.maybe_merge(parent)
+        return merged
 
     def _child_at(self, parent: Node, i: int) -> Node:
         keys, _ = parent.merged()
@@ -423,30 +501,41 @@ class BtreeSet:
     # ------------------------------------------------------------ writing
 
     def write_node(self, node: Node, cause: str) -> None:
-        """Append the node's unwritten keys as a bset, compacting if it is full."""
-        if node.live_bytes > self.split_bytes:
-            self.split(node)        # replay or pointer updates overfilled it
+        """Append the node's unwritten keys as a bset, compacting if it is full.
+
+        An overfull node (replay, pointer updates, a big commit) is split
+        instead; if no space can be had for that, it is written whole as long
+        as it fits its region."""
+        if node.live_bytes > self.split_bytes and self.split(node):
             return
         if node.new:
-            keys, vals = node.all_live()
-            data = encode_first(self._header(node), node.max_seq, keys, vals)
-            if len(data) > self.node_size:
-                raise AssertionError(f"new node of {len(data)} bytes exceeds node size")
-            self._write(node, data, 0, cause)
-            # Pending whiteouts a fresh region does not need (a key deleted and
-            # re-inserted since is live, not a whiteout avoided).
-            self.c["btree_whiteouts_avoided"] += sum(1 for k in node.whiteouts
-                                                     if node.get(k) is None)
-        else:
-            keys, vals = node.unwritten()
-            data = encode_append(node.node_seq, node.max_seq, keys, vals)
-            if node.written_bytes + len(data) > self.node_size or node.rewrite:
-                self.compact(node, cause)
-                return
-            self._write(node, data, node.written_bytes, cause)
-            # Count what the bset holds: a whiteout of a key re-inserted since
-            # was superseded by the value and never reached the disk.
-            self.c["btree_whiteouts_written"] += vals.count(b"")
+            self._write_whole(node, cause)
+            return
+        keys, vals = node.unwritten()
+        data = encode_append(node.node_seq, node.max_seq, keys, vals)
+        if node.written_bytes + len(data) > self.node_size or node.rewrite:
+            self.compact(node, cause)
+            return
+        self._write(node, data, node.written_bytes, cause)
+        # Count what the bset holds: a whiteout of a key re-inserted since
+        # was superseded by the value and never reached the disk.
+        self.c["btree_whiteouts_written"] += vals.count(b"")
+        node.mark_written()
+        self.dirty.pop(node, None)
+
+    def _write_whole(self, node: Node, cause: str) -> None:
+        """Write every live key of a node into its fresh region as one bset."""
+        keys, vals = node.all_live()
+        data = encode_first(self._header(node), node.max_seq, keys, vals)
+        if len(data) > self.node_size:
+            raise BtreeSpaceError(f"{BtreeId(node.btree_id).name} level {node.level}: node "
+                                  f"of {len(data)} bytes exceeds the node size and there "
+                                  "is no space to split it")
+        self._write(node, data, 0, cause)
+        # Pending whiteouts a fresh region does not need (a key deleted and
+        # re-inserted since is live, not a whiteout avoided).
+        self.c["btree_whiteouts_avoided"] += sum(1 for k in node.whiteouts
+                                                 if node.get(k) is None)
         node.mark_written()
         self.dirty.pop(node, None)
 
@@ -468,9 +557,11 @@ class BtreeSet:
 
     def compact(self, node: Node, cause: str) -> None:
         """Rewrite a full node into a fresh region (copy-on-write) and repoint it."""
-        if node.live_bytes > self.split_bytes:
-            self.split(node)        # overfull (replay, pointer updates): split, not copy
-            return
+        if node.live_bytes > self.split_bytes and self.split(node):
+            return                  # overfull (replay, pointer updates): split, not copy
+        if not self.space.ensure_nodes(1):
+            raise BtreeSpaceError(f"{BtreeId(node.btree_id).name} level {node.level}: no "
+                                  "space to rewrite a full node")
         parent = self._parent(node)
         old_offset, old_ptr = node.offset, node.ptr
         # Allocate while the parent still reaches the node under its old
@@ -484,7 +575,7 @@ class BtreeSet:
         node.new = True
         node.rewrite = False
         self.c["btree_compactions"] += 1
-        self.write_node(node, cause)
+        self._write_whole(node, cause)
         self._set_ptr(parent, node)
         if self.cache.get(old_ptr) is node:
             del self.cache[old_ptr]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 from collections import OrderedDict
 
-from ..alloc.foreground import NoSpace
+from ..alloc.foreground import NoSpace, Watermark
 from ..format import BLOCK_SIZE, BtreeId, Extent, checksum, pack_key, unpack_key
 from .errors import FSError
 
@@ -154,8 +154,8 @@ class DataIO:
 
     # ------------------------------------------------------------ writing
 
-    def write_regions(self, inum: int, first: int, buf: bytes | bytearray | memoryview
-                      ) -> tuple[list[tuple[int, Extent]], list]:
+    def write_regions(self, inum: int, first: int, buf: bytes | bytearray | memoryview,
+                      wm: Watermark = Watermark.normal) -> tuple[list[tuple[int, Extent]], list]:
         """Write whole blocks to fresh space starting at file block `first`.
 
         Returns the new extents and the allocation refs to release after the
@@ -169,7 +169,8 @@ class DataIO:
         alloc = self.eng.alloc.alloc_data
         while pos < nblk:
             try:
-                off, n, gen, ref = alloc(inum, first + pos, min(nblk - pos, REGION_MAX_BLOCKS))
+                off, n, gen, ref = alloc(inum, first + pos, min(nblk - pos, REGION_MAX_BLOCKS),
+                                         wm)
             except NoSpace:
                 if not new:
                     raise FSError(errno.ENOSPC) from None

@@ -19,7 +19,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from ..alloc.foreground import NoSpace
+from ..alloc.foreground import NoSpace, Watermark
 from ..format import (
     BLOCK_SIZE,
     JSET_HDR_SIZE,
@@ -69,6 +69,11 @@ GEN_BATCH = 1 << 16             # generations reserved per fs info update
 RELATIME_NS = 24 * 3600 * 10**9
 SYNC_SEQ_MAX = 1 << 16          # fsync table size before durable entries are pruned
 MAX_DEPTH = 4096                # parent-chain walk bound (a longer one is corruption)
+SHRINK = Watermark.delete       # frees space or rewrites in place
+# Btree bytes an empty file costs (inode and dirent records in nodes kept
+# 3/8 to 3/4 full, with their share of interior nodes): statfs's estimate of
+# how many more inodes fit. Measured: ~450 bytes per empty file.
+INODE_BYTES = 512
 COUNTERS = ("fs_lookups", "fs_creates", "fs_unlinks", "fs_renames", "fs_reads", "fs_writes",
             "fs_truncates", "fs_inodes_deleted", "fs_orphans_at_mount", "fs_forget_underflows")
 
@@ -82,32 +87,22 @@ class StatFs:
             setattr(self, k, kw.get(k, 0))
 
 
-def _space_stats(eng) -> tuple[int, int, int]:
-    """(total, free, available to users) bytes for statfs: the one place that
-    knows the allocator's bookkeeping."""
-    a = eng.alloc
-    bs = eng.sb.bucket_size
-    if hasattr(a, "usage"):
-        u = a.usage()
-        total = u["data_buckets"] * bs
-        free = (u["free"] + u.get("waiting_journal", 0) + u.get("need_discard", 0)) * bs
-        return total, free, max(0, free - u.get("reserve", 0) * bs)
-    sb = eng.sb
-    total = (sb.nbuckets - sb.first_data_bucket) * bs
-    free = max(0, total - len(getattr(a, "used_buckets", ())) * bs)
-    return total, free, free
-
-
 class Op:
     """One transaction plus the inode records it changes. Inodes are packed
-    once at commit; the cache and fsync table are updated only if it commits."""
-    __slots__ = ("fs", "t", "inodes", "gen_limit")
+    once at commit; the cache and fsync table are updated only if it commits.
 
-    def __init__(self, fs: Filesystem):
+    wm says which reserve it may use: operations that free space or change
+    records in place (SHRINK) still commit on a filesystem full to the user,
+    so that deleting is always the way out of ENOSPC."""
+    __slots__ = ("fs", "t", "inodes", "gen_limit", "ninodes", "info")
+
+    def __init__(self, fs: Filesystem, wm: Watermark = Watermark.normal):
         self.fs = fs
-        self.t = fs.eng.trans()
+        self.t = fs.eng.trans(wm)
         self.inodes: dict[int, Inode | None] = {}
         self.gen_limit = 0
+        self.ninodes = 0            # inodes created minus inodes deleted
+        self.info = False           # rewrite the fs info record even if neither changed
 
     def inode(self, inum: int) -> Inode:
         if inum in self.inodes:
@@ -120,16 +115,25 @@ class Op:
     def put(self, inum: int, ino: Inode) -> None:
         self.inodes[inum] = ino
 
+    def create(self, inum: int, ino: Inode) -> None:
+        self.inodes[inum] = ino
+        self.ninodes += 1
+
     def drop(self, inum: int) -> None:
         self.inodes[inum] = None
+        self.ninodes -= 1
 
     def commit(self) -> int:
         t = self.t
+        fs = self.fs
         for inum, ino in self.inodes.items():
             if ino is None:
                 t.delete(INO, inode_key(inum))
             else:
                 t.set(INO, inode_key(inum), ino.pack())
+        if self.gen_limit or self.ninodes or self.info:
+            t.set(INO, FS_INFO_KEY, pack_fs_info(max(fs.gen_limit, self.gen_limit),
+                                                 fs.ninodes + self.ninodes))
         try:
             seq = t.commit()
         except NoSpace:
@@ -162,9 +166,16 @@ class Filesystem:
         self.sync_seq: dict[int, int] = {}
         self._prune_at = SYNC_SEQ_MAX
         self.atime = True               # relatime; False for noatime
-        self.gen_limit = unpack_fs_info(self.bt.get(INO, FS_INFO_KEY))
+        self.gen_limit, ninodes = unpack_fs_info(self.bt.get(INO, FS_INFO_KEY))
         self.next_gen = self.gen_limit
+        # Inode records in the inodes btree (statfs); a version 1 fs info
+        # record has no count: count once and record it.
+        self.ninodes = self._count_inodes() if ninodes is None else ninodes
         if not self.read_only:
+            if ninodes is None:
+                op = Op(self, SHRINK)
+                op.info = True
+                op.commit()
             self._ensure_root()
             self._process_orphans()
 
@@ -182,6 +193,7 @@ class Filesystem:
                 ss[inum] = seq
         if op.gen_limit:
             self.gen_limit = max(self.gen_limit, op.gen_limit)
+        self.ninodes += op.ninodes
         if len(ss) > self._prune_at:
             durable = self.eng.journal.durable_seq
             for k in [k for k, s in ss.items() if s <= durable]:
@@ -213,9 +225,11 @@ class Filesystem:
         g = self.next_gen
         self.next_gen += 1
         if self.next_gen > max(self.gen_limit, op.gen_limit):
-            op.gen_limit = g + GEN_BATCH
-            op.t.set(INO, FS_INFO_KEY, pack_fs_info(op.gen_limit))
+            op.gen_limit = g + GEN_BATCH        # recorded by op.commit
         return g
+
+    def _count_inodes(self) -> int:
+        return sum(1 for _ in self.bt.iter(INO, inode_key(1), pack_key((1 << 64) - 1, 0)))
 
     @staticmethod
     def _check_name(name: bytes) -> None:
@@ -247,7 +261,7 @@ class Filesystem:
         op = Op(self)
         root = new_inode(stat.S_IFDIR | 0o755, 0, 0, parent=ROOT_INUM, nlink=2,
                          generation=self._generation(op))
-        op.put(ROOT_INUM, root)
+        op.create(ROOT_INUM, root)
         op.commit()
         self._make(ROOT_INUM, b"lost+found", stat.S_IFDIR | 0o700, 0, 0, count=False)
 
@@ -271,7 +285,7 @@ class Filesystem:
             elif ino is not None and ino.nlink == 0:
                 self._destroy(inum)
                 continue
-            op = Op(self)
+            op = Op(self, SHRINK)
             op.t.delete(INO, k)
             op.commit()
 
@@ -344,7 +358,7 @@ class Filesystem:
         if size is not None and size != ino.size:
             self._truncate(inum, size, ch)
         else:
-            op = Op(self)
+            op = Op(self, SHRINK)
             op.put(inum, ino.replace(**ch))
             op.commit()
         return Attr(inum, self._inode(inum))
@@ -385,7 +399,7 @@ class Filesystem:
                         generation=self._generation(op), tail=tail, size=len(tail), t=t)
         op.t.set(DIRENTS, pack_key(parent, free),
                  Dirent(inum=inum, d_type=dtype_of(mode), hash=home, tail=name).pack())
-        op.put(inum, ino)
+        op.create(inum, ino)
         op.put(parent, pino.replace(mtime_ns=t, ctime_ns=t, size=pino.size + 1,
                                     nlink=pino.nlink + mkdir))
         op.commit()
@@ -480,7 +494,7 @@ class Filesystem:
                 raise FSError(errno.ENOTEMPTY)
         elif is_dir(ino):
             raise FSError(errno.EISDIR)
-        op = Op(self)
+        op = Op(self, SHRINK)
         t = now_ns()
         hashtab.remove(op.t, hashtab.DIRENTS, parent, slot)
         op.put(parent, pino.replace(mtime_ns=t, ctime_ns=t, size=pino.size - 1,
@@ -537,7 +551,7 @@ class Filesystem:
         while True:
             exts = self.data.all_keys(inum, self.chunk)
             xks = self.xattrs.keys(inum, self.chunk - len(exts))
-            op = Op(self)
+            op = Op(self, SHRINK)
             for k, _v in exts:
                 op.t.delete(EXT, k)
             for k in xks:
@@ -758,7 +772,7 @@ class Filesystem:
         t = now_ns()
         a = ino.atime_ns
         if a <= ino.mtime_ns or a <= ino.ctime_ns or t - a > RELATIME_NS:
-            op = Op(self)
+            op = Op(self, SHRINK)
             op.put(inum, ino.replace(atime_ns=t))
             op.commit()
 
@@ -843,7 +857,7 @@ class Filesystem:
         self.c["fs_truncates"] += 1
         ino = self._inode(inum)
         if size >= ino.size:
-            op = Op(self)
+            op = Op(self, SHRINK)
             op.put(inum, ino.replace(size=size, **changes))
             op.commit()
             return
@@ -855,10 +869,10 @@ class Filesystem:
             if self.data.extents(inum, b, b + 1):
                 blk = bytearray(self.data.read_blocks(inum, b, b + 1))
                 blk[size % BLOCK_SIZE:] = bytes(BLOCK_SIZE - size % BLOCK_SIZE)
-                new, refs = self.data.write_regions(inum, b, blk)
+                new, refs = self.data.write_regions(inum, b, blk, SHRINK)
                 start = b
         try:
-            op = Op(self)
+            op = Op(self, SHRINK)
             exts = self.data.extents(inum, start, END_BLOCK, limit=self.chunk)
             removed = self.data.punch(op.t, inum, start, END_BLOCK, exts)
             for f, e in new:
@@ -875,7 +889,7 @@ class Filesystem:
                 r.release()
         if more:
             self._trim_beyond_eof(inum)
-            op = Op(self)
+            op = Op(self, SHRINK)
             op.t.delete(INO, orphan_key(inum))
             op.commit()
 
@@ -887,7 +901,7 @@ class Filesystem:
             exts = self.data.extents(inum, keep, END_BLOCK, limit=self.chunk)
             if not exts:
                 return
-            op = Op(self)
+            op = Op(self, SHRINK)
             removed = self.data.punch(op.t, inum, keep, END_BLOCK, exts)
             op.put(inum, ino.replace(blocks=max(0, ino.blocks - removed * SECTORS_PER_BLOCK)))
             op.commit()
@@ -913,7 +927,7 @@ class Filesystem:
     def removexattr(self, inum: int, name: bytes) -> None:
         self._writable()
         ino = self._inode(inum)
-        op = Op(self)
+        op = Op(self, SHRINK)
         self.xattrs.remove(op.t, inum, name)
         op.put(inum, ino.replace(ctime_ns=now_ns()))
         op.commit()
@@ -921,13 +935,15 @@ class Filesystem:
     # ------------------------------------------------------------ statfs
 
     def statfs(self) -> StatFs:
-        total, free, avail = _space_stats(self.eng)
-        blocks = total // BLOCK_SIZE
-        bfree = free // BLOCK_SIZE
+        """Capacity, live use and what users may still take (the reserves never
+        count as available); inodes in use are counted exactly and free ones
+        estimated from the available space (INODE_BYTES each)."""
+        total, used, avail = self.eng.alloc.space()
         bavail = avail // BLOCK_SIZE
-        # No inode table: report one potential inode per free block.
-        return StatFs(f_bsize=BLOCK_SIZE, f_frsize=BLOCK_SIZE, f_blocks=blocks, f_bfree=bfree,
-                      f_bavail=bavail, f_files=blocks, f_ffree=bfree, f_favail=bavail,
+        ffree = avail // INODE_BYTES
+        return StatFs(f_bsize=BLOCK_SIZE, f_frsize=BLOCK_SIZE, f_blocks=total // BLOCK_SIZE,
+                      f_bfree=(total - used) // BLOCK_SIZE, f_bavail=bavail,
+                      f_files=self.ninodes + ffree, f_ffree=ffree, f_favail=ffree,
                       f_namemax=NAME_MAX)
 
 

@@ -52,23 +52,31 @@ def is_dir(ino: Inode) -> bool:
 
 
 # --------------------------------------------------------------------------
-# The fs info record: (0, 0) -> raw type byte, then u32 version, u64
-# generation limit (generations below it may have been handed out).
+# The fs info record: (0, 0) -> raw type byte, u32 version, u64 generation
+# limit (generations below it may have been handed out), and since version 2
+# u64 inode count (inode records in the inodes btree, kept exact by every
+# transaction that creates or deletes one: what statfs reports as used).
 
-_FS_INFO = struct.Struct("<BIQ")
-FS_INFO_VERSION = 1
+_FS_INFO_V1 = struct.Struct("<BIQ")
+_FS_INFO = struct.Struct("<BIQQ")
+FS_INFO_VERSION = 2
 
 
-def pack_fs_info(gen_limit: int) -> bytes:
-    return _FS_INFO.pack(KeyType.raw, FS_INFO_VERSION, gen_limit)
+def pack_fs_info(gen_limit: int, inodes: int) -> bytes:
+    return _FS_INFO.pack(KeyType.raw, FS_INFO_VERSION, gen_limit, inodes)
 
 
-def unpack_fs_info(val: bytes | None) -> int:
-    """The generation limit, 0 for a fresh filesystem."""
-    if val is None or len(val) < _FS_INFO.size:
-        return 0
-    _t, _ver, gen_limit = _FS_INFO.unpack_from(val)
-    return gen_limit
+def unpack_fs_info(val: bytes | None) -> tuple[int, int | None]:
+    """(generation limit, inode count); a fresh filesystem has neither (0, 0),
+    a version 1 record has no count (None)."""
+    if val is None:
+        return 0, 0
+    if len(val) < _FS_INFO_V1.size:
+        return 0, None
+    _t, version, gen_limit = _FS_INFO_V1.unpack_from(val)
+    if version >= 2 and len(val) >= _FS_INFO.size:
+        return gen_limit, _FS_INFO.unpack_from(val)[3]
+    return gen_limit, None
 
 
 # --------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import xxhash
 
 from ..alloc.buckets import NEED_DISCARD, alloc_key
-from ..alloc.foreground import NoSpace, backpointer_key
+from ..alloc.foreground import NoSpace, Watermark, backpointer_key
 from ..format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
@@ -439,7 +439,7 @@ def copy_extent(ctx: Ctx, key: bytes) -> bool:
     data = ctx.eng.dev.pread(e.nblocks * BLOCK_SIZE, e.dev_offset + e.live_offset * BLOCK_SIZE)
     alloc = ctx.eng.alloc
     done = 0
-    t = ctx.eng.trans()
+    t = ctx.eng.trans(Watermark.btree)
     refs = []
     try:
         while done < e.nblocks:

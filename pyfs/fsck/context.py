@@ -41,6 +41,8 @@ class Model:
     inodes: dict[int, Rec] = field(default_factory=dict)
     orphans: dict[int, bytes] = field(default_factory=dict)    # inum -> b"D" | b"T"
     gen_limit: int = 0
+    ninodes: int | None = None      # the fs info record's inode count (None: version 1)
+    inode_keys: int = 0             # inode records found before any repair (pass 3)
     maxg: int = -1                  # highest inode generation seen or handed out
     fs_info_rewrite: bool = False
     size_recompute: set[int] = field(default_factory=set)
@@ -83,6 +85,11 @@ class Ctx:
         self.bs = self.sb.bucket_size
         self.chunk = chunk_keys(self.eng)
         self.block_sectors = BLOCK_SIZE // 512
+        self.updates_at_start = self.eng.counters.get("btree_updates", 0)
+
+    def changed_anything(self) -> bool:
+        """Whether a repair has changed a btree since the checks began."""
+        return self.eng.counters.get("btree_updates", 0) != self.updates_at_start
 
     @property
     def bt(self):

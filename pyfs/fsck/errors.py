@@ -225,6 +225,9 @@ ERROR_TABLE: list[ErrInfo] = [
        "an unlinked inode a crash left in the orphan index was deleted"),
     _E(136, "inode_gen_limit", "error", "preen", 12,
        "an inode generation is not below the generation limit: the limit is raised"),
+    _E(137, "inode_count_wrong", "error", "preen", 12,
+       "the filesystem info record's inode count (what statfs reports) differs from the "
+       "inodes in the inodes btree: it is recounted"),
     # anywhere
     _E(250, "internal_error", "fatal", "none", 0,
        "a pass failed unexpectedly; nothing more is checked or changed"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 import time
 
+from ..alloc.foreground import Watermark
 from ..format import Dirent, Inode, pack_key
 from ..fs.inode import ROOT_INUM, dtype_of, inode_key
 from .context import Ctx, Rec
@@ -29,7 +30,7 @@ def create_inode(ctx: Ctx, inum: int, mode: int, *, nlink: int, parent: int = 0,
                 rdev=0, parent=parent)
     own = t is None
     if own:
-        t = ctx.eng.trans()
+        t = ctx.eng.trans(Watermark.btree)
     t.set(INO, inode_key(inum), ino.pack())
     if own:
         t.commit()
@@ -81,7 +82,7 @@ def link_into(ctx: Ctx, dir_inum: int, name: bytes, target: int) -> bytes:
     trec = m.inodes[target]
     drec = m.inodes[dir_inum]
     is_dir = stat.S_ISDIR(trec.mode)
-    t = ctx.eng.trans()
+    t = ctx.eng.trans(Watermark.btree)
     name = unique_name(t, ctx.seed, dir_inum, name)
     slot = add_dirent(t, ctx.seed, dir_inum, name, target, dtype_of(trec.mode))
     drec.size += 1
@@ -105,7 +106,7 @@ def unlink_entry(ctx: Ctx, owner: int, slot: int, *, counted: bool = True) -> No
     trec = ctx.model.inodes.get(target)
     is_dir = trec is not None and stat.S_ISDIR(trec.mode)
     drec = ctx.model.inodes.get(owner)
-    t = ctx.eng.trans()
+    t = ctx.eng.trans(Watermark.btree)
     table_remove(t, DIRENTS, owner, slot)
     if drec is not None:
         drec.size = max(0, drec.size - 1)

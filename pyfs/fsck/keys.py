@@ -9,6 +9,7 @@ backpointer passes recount after this one.
 
 from __future__ import annotations
 
+from ..alloc.foreground import Watermark
 from ..format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
@@ -52,6 +53,9 @@ CHECKED = (BtreeId.inodes, BtreeId.dirents, BtreeId.extents, BtreeId.xattrs, Btr
            BtreeId.backpointers)
 
 
+NO_INUM = bytes(8)      # key hi 0 in the inodes btree: fs info and orphans, not inodes
+
+
 def valid_inum(n: int) -> bool:
     return n == ROOT_INUM or FIRST_INUM <= n < INUM_LIMIT
 
@@ -71,6 +75,8 @@ def _check_btree(ctx: Ctx, bid: int) -> None:
         n += 1
         if n % 4096 == 0:
             ctx.rep.progress(f"{BtreeId(bid).name} keys", n, 0)
+        if bid == BtreeId.inodes and k[:8] != NO_INUM:
+            ctx.model.inode_keys += 1   # what the fs info's inode count should say
         where = f"{BtreeId(bid).name} key {key_to_text(k)}"
         exp = EXPECTED_TYPE.get(bid)
         if (exp is not None and v[0] != exp) or (bid == BtreeId.inodes and v[0] not in (
@@ -262,7 +268,7 @@ def _sanitize(name: bytes, inum: int) -> bytes:
 def _rename_dirent(ctx: Ctx, k: bytes, v: bytes) -> None:
     owner, slot = unpack_key(k)
     d = Dirent.unpack(v)
-    t = ctx.eng.trans()
+    t = ctx.eng.trans(Watermark.btree)
     table_remove(t, BtreeId.dirents, owner, slot)
     name = unique_name(t, ctx.seed, owner, _sanitize(d.tail, d.inum))
     add_dirent(t, ctx.seed, owner, name, d.inum, d.d_type)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterator
 
+from ..alloc.foreground import Watermark
 from ..format import Dirent, Xattr, pack_key, unpack_key
 from ..fs import dir as hashtab
 from ..fs.inode import ROOT_INUM, dtype_of
@@ -47,7 +48,7 @@ class Tx:
 
     def get(self):
         if self.t is None:
-            self.t = self.ctx.eng.trans()
+            self.t = self.ctx.eng.trans(Watermark.btree)
         self.ops += 1
         return self.t
 

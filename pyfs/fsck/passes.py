@@ -62,7 +62,7 @@ def pass6(ctx: Ctx) -> None:
         hi, lo = unpack_key(k)
         if hi == 0:
             if lo == 0:
-                m.gen_limit = unpack_fs_info(v)
+                m.gen_limit, m.ninodes = unpack_fs_info(v)
             else:
                 m.orphans[lo] = v[1:2]
             continue

@@ -14,6 +14,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..alloc.foreground import Watermark
 from ..format import (
     JSET_HDR_SIZE,
     BtreeId,
@@ -54,7 +55,7 @@ def apply(eng, updates: list[tuple[int, bytes, bytes | None]]) -> None:
     """Commit (btree, key, value or None) updates in journal-sized transactions."""
     n = chunk_keys(eng)
     for i in range(0, len(updates), n):
-        t = eng.trans()
+        t = eng.trans(Watermark.btree)
         for bid, key, val in updates[i:i + n]:
             if val is None:
                 t.delete(bid, key)
@@ -72,13 +73,13 @@ def update_inode(eng, inum: int, **fields) -> None:
     ino = get_inode(eng, inum)
     if ino is None:
         return
-    t = eng.trans()
+    t = eng.trans(Watermark.btree)
     t.set(INO, inode_key(inum), ino.replace(**fields).pack())
     t.commit()
 
 
 def put_inode(eng, inum: int, ino: Inode) -> None:
-    t = eng.trans()
+    t = eng.trans(Watermark.btree)
     t.set(INO, inode_key(inum), ino.pack())
     t.commit()
 
@@ -112,7 +113,7 @@ def delete_inode(eng, inum: int) -> None:
     """Delete an inode with its extents, xattrs and orphan entry (not its dirents)."""
     delete_owned(eng, EXT, inum)
     delete_owned(eng, XATTRS, inum)
-    t = eng.trans()
+    t = eng.trans(Watermark.btree)
     t.delete(INO, inode_key(inum))
     if eng.btrees.get(INO, orphan_key(inum)) is not None:
         t.delete(INO, orphan_key(inum))

@@ -18,7 +18,15 @@ from __future__ import annotations
 import stat
 from collections import deque
 
-from ..fs.inode import FS_INFO_KEY, ORPHAN_DELETE, ROOT_INUM, orphan_key, pack_fs_info
+from ..format import pack_key
+from ..fs.inode import (
+    FS_INFO_KEY,
+    ORPHAN_DELETE,
+    ROOT_INUM,
+    inode_key,
+    orphan_key,
+    pack_fs_info,
+)
 from ..fs.inum import InumAllocator
 from .context import Ctx
 from .errors import Err
@@ -221,7 +229,7 @@ def pass12(ctx: Ctx) -> None:
             continue
         ctx.rep.problem(Err.orphan_bad, f"orphan entry for inode {inum}: {why}; removed",
                         lambda i=inum: _drop_orphan(ctx, i))
-    _gen_limit(ctx)
+    _fs_info(ctx)
 
 
 def _dir_counts(ctx: Ctx, inum: int) -> None:
@@ -256,17 +264,32 @@ def _drop_orphan(ctx: Ctx, inum: int) -> None:
     ctx.model.orphans.pop(inum, None)
 
 
-def _gen_limit(ctx: Ctx) -> None:
-    """Generations below the limit may have been handed out; all must be below it."""
+def _fs_info(ctx: Ctx) -> None:
+    """Generations below the limit may have been handed out; all must be below it.
+    The inode count must be the number of inode records pass 3 found (a version
+    1 record has none: it is added, as the next read-write mount would); the
+    record is rewritten with the count fsck's own repairs leave."""
     m = ctx.model
     created = max((r.gen for r in m.inodes.values() if r.created), default=-1)
     found = max((r.gen for r in m.inodes.values() if not r.created), default=-1)
     want = max(created, found) + 1 + GEN_RESERVE
     key = FS_INFO_KEY
+
+    def rewrite(gen_limit: int) -> None:
+        ninodes = sum(1 for _ in ctx.eng.btrees.iter(INO, inode_key(1),
+                                                     pack_key((1 << 64) - 1, 0)))
+        apply(ctx.eng, [(INO, key, pack_fs_info(gen_limit, ninodes))])
+
     if found >= m.gen_limit:
         ctx.rep.problem(Err.inode_gen_limit, f"inode generation {found} is not below the "
-                        f"limit {m.gen_limit}; raised to {want}",
-                        lambda: apply(ctx.eng, [(INO, key, pack_fs_info(want))]))
-    elif m.fs_info_rewrite or created >= m.gen_limit:
-        if ctx.rep.mode != "no":
-            apply(ctx.eng, [(INO, key, pack_fs_info(max(want, m.gen_limit)))])
+                        f"limit {m.gen_limit}; raised to {want}", lambda: rewrite(want))
+        return
+    # Inodes fsck created may have taken generations past the limit.
+    limit = max(want, m.gen_limit) if (m.fs_info_rewrite or created >= m.gen_limit) \
+        else m.gen_limit
+    if m.ninodes is not None and m.ninodes != m.inode_keys:
+        ctx.rep.problem(Err.inode_count_wrong, f"the filesystem info says {m.ninodes} "
+                        f"inodes, there are {m.inode_keys}", lambda: rewrite(limit))
+    elif ctx.rep.mode != "no" and (limit != m.gen_limit or m.ninodes is None
+                                   or ctx.changed_anything()):
+        rewrite(limit)
