@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 
 from .alloc.foreground import NoSpace
-from .fs import Attr, Filesystem, FSError
+from .fs import Attr, Filesystem, FSError, stops_writes
 
 log = logging.getLogger("pyfs.fuse")
 
@@ -214,8 +214,21 @@ class Operations(pyfuse3.Operations):
         except pyfuse3.FUSEError:
             raise
         except Exception as e:
-            self.fatal(e)
+            self.unexpected(e)
             raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def unexpected(self, exc: Exception) -> None:
+        """A handler (or housekeeping) raised something that is not an errno.
+        A device error, on-disk corruption or an engine that stopped writing
+        (a commit failed part way) is fatal; any other exception left nothing
+        half-done (every commit is whole or not at all), so only this request
+        fails (EIO) and the filesystem stays writable."""
+        if stops_writes(exc, self.eng):
+            self.fatal(exc)
+            return
+        self.eng.counters["fuse_request_errors"] = (
+            self.eng.counters.get("fuse_request_errors", 0) + 1)
+        log.error("pyfs: request failed: %r", exc, exc_info=exc)
 
     def fatal(self, exc: BaseException) -> None:
         """errors=ro: log, stop changes and journal writes."""

@@ -414,7 +414,7 @@ async def _background(ops, opts: MountOptions) -> None:
         except trio.Cancelled:
             raise
         except Exception as e:
-            ops.fatal(e)
+            ops.unexpected(e)       # fatal only for device errors and corruption
 
 
 def _housekeeping(eng) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import errno
 import os
 
+from ..btree.tree import BtreeError
+from ..engine import EngineFailed
+from ..format import FormatError
+from ..journal.read import JournalError
+
 
 class FSError(OSError):
     """A failed filesystem operation; `.errno` is what the caller sees."""
@@ -16,3 +21,19 @@ class FSError(OSError):
 
 def enoent(detail: str | None = None) -> FSError:
     return FSError(errno.ENOENT, detail)
+
+
+# What means the device or the image cannot be trusted any more: writing
+# must stop. OSError covers device I/O errors (an FSError is an errno the fs
+# layer chose, never fatal).
+_FATAL = (OSError, BtreeError, FormatError, JournalError, EngineFailed)
+
+
+def stops_writes(exc: BaseException, eng) -> bool:
+    """Whether an exception out of the fs layer must stop all writing: a device
+    error, on-disk corruption, or an engine that stopped (a commit failed part
+    way). Anything else left nothing half-done, since every commit is whole
+    or not at all: only the request that hit it fails."""
+    if isinstance(exc, FSError):
+        return False
+    return eng.failed is not None or isinstance(exc, _FATAL)

@@ -35,16 +35,19 @@ from .data import EXT, DataIO
 from .errors import FSError, enoent
 from .inode import (
     FS_INFO_KEY,
+    ID_MAX,
     LINK_MAX,
     MAX_FILE_SIZE,
     NAME_MAX,
     ORPHAN_DELETE,
     ORPHAN_TRUNCATE,
+    RDEV_MAX,
     ROOT_INUM,
     SECTORS_PER_BLOCK,
     SYMLINK_MAX,
     Attr,
     InodeCache,
+    clamp_time_ns,
     dtype_of,
     inode_key,
     is_dir,
@@ -56,7 +59,7 @@ from .inode import (
     pack_fs_info,
     unpack_fs_info,
 )
-from .inum import InumAllocator
+from .inum import INUM_LIMIT, InumAllocator
 from .xattr import Xattrs
 
 INO = BtreeId.inodes
@@ -64,11 +67,12 @@ DIRENTS = BtreeId.dirents
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 WRITE_CHUNK_MAX = 256 * 1024    # bytes per write transaction (fewer on small journals)
+READ_MAX = 16 << 20             # bytes one read returns at most (a short read, as POSIX allows)
 END_BLOCK = MAX_FILE_SIZE // BLOCK_SIZE
 GEN_BATCH = 1 << 16             # generations reserved per fs info update
 RELATIME_NS = 24 * 3600 * 10**9
 SYNC_SEQ_MAX = 1 << 16          # fsync table size before durable entries are pruned
-MAX_DEPTH = 4096                # parent-chain walk bound (a longer one is corruption)
+MAX_DEPTH = 1 << 20             # parent-chain walk bound (a longer one is a loop: corruption)
 SHRINK = Watermark.delete       # frees space or rewrites in place
 # Btree bytes an empty file costs (inode and dirent records in nodes kept
 # 3/8 to 3/4 full, with their share of interior nodes): statfs's estimate of
@@ -85,6 +89,11 @@ class StatFs:
     def __init__(self, **kw):
         for k in self.__slots__:
             setattr(self, k, kw.get(k, 0))
+
+
+def _check_id(v: int | None) -> None:
+    if v is not None and not 0 <= v <= ID_MAX:
+        raise FSError(errno.EINVAL, f"uid/gid {v} out of range")
 
 
 class Op:
@@ -157,6 +166,8 @@ class Filesystem:
         # A write chunk may split one extent per block it covers.
         self.write_chunk = max(4, min(WRITE_CHUNK_MAX // BLOCK_SIZE, self.chunk // 2)) * BLOCK_SIZE
         self.seed = int.from_bytes(eng.sb.uuid[:8], "little")
+        # A target is the inode record's tail: small nodes hold less than PATH_MAX.
+        self.symlink_max = min(SYMLINK_MAX, eng.btrees.max_value - Inode.SIZE)
         self.inodes = InodeCache(eng.btrees)
         self.data = DataIO(eng)
         self.xattrs = Xattrs(eng, self.seed, self.tx_budget)
@@ -202,7 +213,7 @@ class Filesystem:
             self._prune_at = max(SYNC_SEQ_MAX, 2 * len(ss))
 
     def _inode(self, inum: int) -> Inode:
-        ino = self.inodes.get(inum) if inum > 0 else None
+        ino = self.inodes.get(inum) if 0 < inum < INUM_LIMIT else None
         if ino is None:
             raise enoent(f"inode {inum}")
         return ino
@@ -332,6 +343,8 @@ class Filesystem:
         truncate then drops setuid/setgid, as a write would)."""
         self._writable()
         ino = self._inode(inum)
+        for v in (uid, gid):
+            _check_id(v)
         t = now_ns()
         ch: dict = {}
         if size is not None:
@@ -351,10 +364,10 @@ class Filesystem:
         if mode is not None:
             ch["mode"] = stat.S_IFMT(ino.mode) | (mode & 0o7777)
         if atime_ns is not None:
-            ch["atime_ns"] = atime_ns
+            ch["atime_ns"] = clamp_time_ns(atime_ns)
         if mtime_ns is not None:
-            ch["mtime_ns"] = mtime_ns
-        ch["ctime_ns"] = t if ctime_ns is None else ctime_ns
+            ch["mtime_ns"] = clamp_time_ns(mtime_ns)
+        ch["ctime_ns"] = t if ctime_ns is None else clamp_time_ns(ctime_ns)
         if size is not None and size != ino.size:
             self._truncate(inum, size, ch)
         else:
@@ -378,6 +391,8 @@ class Filesystem:
         self._check_name(name)
         if name in (b".", b".."):
             raise FSError(errno.EEXIST)
+        _check_id(uid)
+        _check_id(gid)
         pino = self._dir(parent)
         if pino.nlink == 0:
             raise enoent("directory was removed")
@@ -417,6 +432,8 @@ class Filesystem:
             raise FSError(errno.EINVAL, f"mknod type {fmt:o}")
         if fmt not in (stat.S_IFCHR, stat.S_IFBLK):
             rdev = 0
+        elif not 0 <= rdev <= RDEV_MAX:
+            raise FSError(errno.EINVAL, f"device number {rdev} out of range")
         return self._make(parent, name, fmt | (mode & 0o7777), uid, gid, rdev=rdev)
 
     def mkdir(self, parent: int, name: bytes, mode: int, uid: int = 0, gid: int = 0) -> Attr:
@@ -429,7 +446,9 @@ class Filesystem:
                 gid: int = 0) -> Attr:
         if not target:
             raise enoent("empty symlink target")
-        if len(target) > SYMLINK_MAX:
+        if b"\0" in target:
+            raise FSError(errno.EINVAL, "NUL in symlink target")
+        if len(target) > self.symlink_max:
             raise FSError(errno.ENAMETOOLONG, "symlink target")
         return self._make(parent, name, stat.S_IFLNK | 0o777, uid, gid, tail=target)
 
@@ -752,7 +771,7 @@ class Filesystem:
         self.c["fs_reads"] += 1
         if off >= ino.size or not size:
             return b""
-        size = min(size, ino.size - off)
+        size = min(size, ino.size - off, READ_MAX)
         first = off // BLOCK_SIZE
         end = -(-(off + size) // BLOCK_SIZE)
         # Only reads the caller asked for feed readahead: the read-modify-write

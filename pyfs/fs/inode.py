@@ -26,8 +26,22 @@ ORPHAN_DELETE = b"D"            # nlink 0: delete the inode and its data
 ORPHAN_TRUNCATE = b"T"          # a chunked truncate: drop extents beyond i_size
 
 
+# Timestamps are signed 64-bit nanoseconds since the epoch (1677-09-21 to
+# 2262-04-11, bcachefs's range at nanosecond precision). Linux can pass any
+# 64-bit seconds; like ext4 with its narrower fields, pyfs clamps what does
+# not fit, and what stat shows before a remount is what it shows after.
+TIME_MIN_NS = -(1 << 63)
+TIME_MAX_NS = (1 << 63) - 1
+ID_MAX = (1 << 32) - 1          # uid_t, gid_t
+RDEV_MAX = (1 << 64) - 1        # dev_t
+
+
 def now_ns() -> int:
     return time.time_ns()
+
+
+def clamp_time_ns(t: int) -> int:
+    return min(max(t, TIME_MIN_NS), TIME_MAX_NS)
 
 
 def inode_key(inum: int) -> bytes:
