@@ -467,8 +467,11 @@ class BtreeSet:
         lo, hi = sorted((i, j))
         left = node if lo == i else self._child_at(parent, lo)
         right = node if hi == i else self._child_at(parent, hi)
-        if left.live_bytes + right.live_bytes > self.merged_max:
-            return None
+        both = left.live_bytes + right.live_bytes
+        if both > self.merged_max and not (
+                min(left.live_bytes, right.live_bytes) < self.node_size // 16
+                and both <= self.split_bytes):
+            return None             # (a nearly empty node goes into any sibling it fits)
         if not self.space.ensure_nodes(1):
             return None             # a merge is never needed: skip it while space is short
         lk, lv = left.all_live()
