@@ -282,10 +282,10 @@ class Filesystem:
 
     def lookup(self, parent: int, name: bytes) -> Attr:
         self.c["fs_lookups"] += 1
-        pino = self._dir(parent)
         if name == b".":
-            inum = parent
-        elif name == b"..":
+            return self._lookup_self(parent)
+        pino = self._dir(parent)
+        if name == b"..":
             inum = pino.parent or ROOT_INUM
         else:
             self._check_name(name)
@@ -297,6 +297,14 @@ class Filesystem:
             ino = self._inode(inum)
         except FSError:
             raise FSError(errno.EIO, f"dirent {name!r} points to missing inode {inum}") from None
+        self._ref(inum)
+        return Attr(inum, ino)
+
+    def _lookup_self(self, inum: int) -> Attr:
+        """lookup(inum, "."): how the kernel finds an uncached inode of any type
+        from a file handle. ENOENT once the inode is gone; an unlinked inode
+        still referenced (open) is found and gains a reference like any lookup."""
+        ino = self._inode(inum)
         self._ref(inum)
         return Attr(inum, ino)
 
