@@ -187,7 +187,7 @@ class Flusher:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True          # FUSE_POSIX_ACL: the kernel checks ACLs, we keep them (fs/acl.py)
 
     def __init__(self, fs: Filesystem, flusher: Flusher, *,
                  on_fatal: Callable[[BaseException], None] | None = None):

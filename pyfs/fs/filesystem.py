@@ -30,6 +30,7 @@ from ..format import (
     pack_key,
     unpack_key,
 )
+from . import acl
 from . import dir as hashtab
 from .data import EXT, DataIO
 from .errors import FSError, enoent
@@ -156,6 +157,7 @@ class Filesystem:
         self.inodes = InodeCache(eng.btrees)
         self.data = DataIO(eng)
         self.xattrs = Xattrs(eng, self.seed, self.tx_budget)
+        self.acls = acl.Acls(self.xattrs)
         self.inums = InumAllocator(eng.btrees)
         self.lookups: dict[int, int] = {}
         self.opens: dict[int, int] = {}
@@ -353,7 +355,14 @@ class Filesystem:
             self._truncate(inum, size, ch)
         else:
             op = Op(self)
+            if mode is not None:
+                self.acls.chmod(op.t, inum, mode)
             op.put(inum, ino.replace(**ch))
+            op.commit()
+            return Attr(inum, self._inode(inum))
+        if mode is not None:
+            op = Op(self)
+            self.acls.chmod(op.t, inum, mode)
             op.commit()
         return Attr(inum, self._inode(inum))
 
@@ -388,6 +397,7 @@ class Filesystem:
                 mode |= stat.S_ISGID
         inum = self.inums.alloc(parent, mkdir, self._depth(parent) if mkdir else 1)
         op = Op(self)
+        mode = self.acls.inherit(op.t, parent, inum, mode)
         t = now_ns()
         ino = new_inode(mode, uid, gid, rdev=rdev, parent=parent, nlink=2 if mkdir else 1,
                         generation=self._generation(op), tail=tail, size=len(tail), t=t)
@@ -906,7 +916,10 @@ class Filesystem:
         self._writable()
         ino = self._inode(inum)
         op = Op(self)
-        self.xattrs.set(op.t, inum, name, value, flags)
+        if name in acl.NAMES:
+            ino = self.acls.set(op.t, inum, ino, name, value)
+        else:
+            self.xattrs.set(op.t, inum, name, value, flags)
         op.put(inum, ino.replace(ctime_ns=now_ns()))
         op.commit()
 
