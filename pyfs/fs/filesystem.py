@@ -360,7 +360,7 @@ class Filesystem:
             op.put(inum, ino.replace(**ch))
             op.commit()
             return Attr(inum, self._inode(inum))
-        if mode is not None:
+        if mode is not None:            # chmod with a truncate: the ACL after it
             op = Op(self)
             self.acls.chmod(op.t, inum, mode)
             op.commit()
