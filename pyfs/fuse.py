@@ -6,6 +6,8 @@ FUSEError. The slow waits run off the event loop: fsync awaits durability of
 the inode's last commit through the Flusher (group commit: one device flush
 serves every waiter whose commit it covers).
 
+Direct I/O and the page cache: see DirectIO.
+
 errors=ro: an unexpected exception (BtreeError, FormatError, a bug) marks the
 filesystem failed: it turns read-only (writes get EROFS), stops writing the
 journal (so a half-applied transaction never becomes durable) and unmounts
@@ -184,10 +186,79 @@ class Flusher:
             self.failed = RuntimeError("filesystem failed")
 
 
+class DirectIO:
+    """Keeps the kernel's page cache of a file right after O_DIRECT writes.
+
+    The kernel drops a file's cached pages before a direct write and, for a
+    synchronous one, again after it; for an asynchronous one (io_submit; libfuse
+    3 negotiates FUSE_ASYNC_DIO) it skips the second pass, and a buffered read
+    that raced with the write leaves the old data cached, past the write's
+    completion. So after a write through an O_DIRECT handle the daemon, before
+    replying, invalidates the inode's pages (and attributes) itself, if a
+    buffered read or write may have filled them since the O_DIRECT open or the
+    last invalidation. Only inodes with O_DIRECT opens are tracked; buffered
+    workloads pay one dictionary lookup per read or write.
+
+    The invalidation runs in a worker thread: it waits for pages locked by
+    reads in flight, which only the event loop can answer. fcntl(F_SETFL,
+    O_DIRECT) on an open file is not seen by the daemon (the open flags are)."""
+
+    def __init__(self, counters: dict):
+        self.handles: set[int] = set()          # fhs opened with O_DIRECT
+        self.opens: dict[int, int] = {}         # inum -> O_DIRECT opens
+        self.cached: set[int] = set()           # of those, inums whose pages may be cached
+        self.busy: dict[int, int] = {}          # inum -> invalidations in flight
+        self.c = counters
+        counters.setdefault("fuse_dio_invalidations", 0)
+
+    def opened(self, fh: int, inum: int, flags: int) -> None:
+        if flags & os.O_DIRECT:
+            self.handles.add(fh)
+            self.opens[inum] = self.opens.get(inum, 0) + 1
+            self.cached.add(inum)               # pages from before the open
+
+    def released(self, fh: int, inum: int) -> None:
+        if fh in self.handles:
+            self.handles.discard(fh)
+            n = self.opens[inum] - 1
+            if n:
+                self.opens[inum] = n
+            else:
+                del self.opens[inum]
+                self.cached.discard(inum)
+
+    def buffered_io(self, inum: int) -> None:
+        """A read or write through the page cache of inum was served."""
+        if inum in self.opens:
+            self.cached.add(inum)
+
+    async def wrote(self, fh: int, inum: int) -> None:
+        """A write through fh committed: drop the pages it may have made stale."""
+        if fh not in self.handles:
+            self.buffered_io(inum)
+            return
+        # An invalidation still in flight for an earlier write may not yet have
+        # dropped pages this write made stale: then this write needs its own.
+        if inum not in self.cached and not self.busy.get(inum):
+            return
+        self.cached.discard(inum)               # reads served from now on see the write
+        self.busy[inum] = self.busy.get(inum, 0) + 1
+        self.c["fuse_dio_invalidations"] += 1
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inum)
+        except OSError as e:
+            if e.errno != errno.ENOENT:         # ENOENT: the kernel caches nothing of it
+                log.warning("page cache invalidation of inode %d failed: %s", inum, e)
+        finally:
+            n = self.busy.pop(inum) - 1
+            if n:
+                self.busy[inum] = n
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True          # FUSE_POSIX_ACL: the kernel checks ACLs, we keep them (fs/acl.py)
 
     def __init__(self, fs: Filesystem, flusher: Flusher, *,
                  on_fatal: Callable[[BaseException], None] | None = None):
@@ -198,6 +269,7 @@ class Operations(pyfuse3.Operations):
         self.on_fatal = on_fatal
         self.failed: BaseException | None = None
         self.files: dict[int, tuple[int, int]] = {}      # fh -> (inum, opener uid)
+        self.dio = DirectIO(self.eng.counters)
         self.dirs: dict[int, int] = {}                   # fh -> inum
         self.next_fh = 1
         self.eng.counters.setdefault("fuse_flush_requests", 0)
@@ -242,10 +314,11 @@ class Operations(pyfuse3.Operations):
         if self.on_fatal is not None:
             self.on_fatal(exc)
 
-    def _fh(self, inum: int, uid: int) -> int:
+    def _fh(self, inum: int, uid: int, flags: int) -> int:
         fh = self.next_fh
         self.next_fh += 1
         self.files[fh] = (inum, uid)
+        self.dio.opened(fh, inum, flags)
         return fh
 
     async def _sync(self, inum: int) -> None:
@@ -329,19 +402,24 @@ class Operations(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         self._call(self.fs.open, inode, flags)
-        return pyfuse3.FileInfo(fh=self._fh(inode, ctx.uid))
+        return pyfuse3.FileInfo(fh=self._fh(inode, ctx.uid, flags))
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         attr = self._call(self.fs.create, parent_inode, name, mode, ctx.uid, ctx.gid)
         self._call(self.fs.open, attr.st_ino, flags & ~os.O_TRUNC)
-        return pyfuse3.FileInfo(fh=self._fh(attr.st_ino, ctx.uid)), entry(attr)
+        return pyfuse3.FileInfo(fh=self._fh(attr.st_ino, ctx.uid, flags)), entry(attr)
 
     async def read(self, fh, off, size):
-        return self._call(self.fs.read, self.files[fh][0], off, size)
+        inum = self.files[fh][0]
+        if fh not in self.dio.handles:
+            self.dio.buffered_io(inum)
+        return self._call(self.fs.read, inum, off, size)
 
     async def write(self, fh, off, buf):
         inum, uid = self.files[fh]
-        return self._call(self.fs.write, inum, off, buf, uid != 0)
+        n = self._call(self.fs.write, inum, off, buf, uid != 0)
+        await self.dio.wrote(fh, inum)
+        return n
 
     async def flush(self, fh):
         # close(2) promises no durability and we keep no per-open write state,
@@ -352,6 +430,7 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh):
         inum, _uid = self.files.pop(fh)
+        self.dio.released(fh, inum)
         self._call(self.fs.release, inum)
 
     async def fsync(self, fh, datasync):

@@ -36,7 +36,7 @@ die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 
 # FUSE runtime and headers (pyfuse3 compiles against libfuse3 via pkg-config),
 # plus the tools the tests and benchmarks drive.
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config fsmark fuse2fs e2fsprogs xz-utils util-linux)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config fsmark fuse2fs e2fsprogs xz-utils util-linux acl rsync)
 
 is_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

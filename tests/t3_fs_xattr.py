@@ -9,6 +9,7 @@ import pytest
 
 from pyfs.format import BtreeId, pack_key
 from pyfs.fs import FSError
+from pyfs.fs.acl import GROUP_OBJ, MASK, OTHER, UNDEFINED_ID, USER, USER_OBJ, pack
 from pyfs.fs.inode import ROOT_INUM
 from pyfs.fs.xattr import XATTR_CREATE, XATTR_REPLACE
 
@@ -28,7 +29,9 @@ def test_set_get_list_remove(fsenv):
     fs.setxattr(f, b"user.a", b"1")
     fs.setxattr(f, b"trusted.b", b"")
     fs.setxattr(f, b"security.selinux", b"ctx\0")
-    fs.setxattr(f, b"system.posix_acl_access", b"\x02\0\0\0acl")
+    acl = pack([(USER_OBJ, 6, UNDEFINED_ID), (USER, 4, 1000), (GROUP_OBJ, 4, UNDEFINED_ID),
+                (MASK, 4, UNDEFINED_ID), (OTHER, 4, UNDEFINED_ID)])
+    fs.setxattr(f, b"system.posix_acl_access", acl)      # tests/t3_fs_acl.py: the rules
     assert fs.getxattr(f, b"user.a") == b"1"
     assert fs.getxattr(f, b"trusted.b") == b""
     assert sorted(fs.listxattr(f)) == sorted([b"user.a", b"trusted.b", b"security.selinux",

@@ -30,6 +30,7 @@ from ..format import (
     pack_key,
     unpack_key,
 )
+from . import acl
 from . import dir as hashtab
 from .data import EXT, DataIO
 from .errors import FSError, enoent
@@ -171,6 +172,7 @@ class Filesystem:
         self.inodes = InodeCache(eng.btrees)
         self.data = DataIO(eng)
         self.xattrs = Xattrs(eng, self.seed, self.tx_budget)
+        self.acls = acl.Acls(self.xattrs)
         self.inums = InumAllocator(eng.btrees)
         self.lookups: dict[int, int] = {}
         self.opens: dict[int, int] = {}
@@ -307,10 +309,10 @@ class Filesystem:
 
     def lookup(self, parent: int, name: bytes) -> Attr:
         self.c["fs_lookups"] += 1
-        pino = self._dir(parent)
         if name == b".":
-            inum = parent
-        elif name == b"..":
+            return self._lookup_self(parent)
+        pino = self._dir(parent)
+        if name == b"..":
             inum = pino.parent or ROOT_INUM
         else:
             self._check_name(name)
@@ -322,6 +324,14 @@ class Filesystem:
             ino = self._inode(inum)
         except FSError:
             raise FSError(errno.EIO, f"dirent {name!r} points to missing inode {inum}") from None
+        self._ref(inum)
+        return Attr(inum, ino)
+
+    def _lookup_self(self, inum: int) -> Attr:
+        """lookup(inum, "."): how the kernel finds an uncached inode of any type
+        from a file handle. ENOENT once the inode is gone; an unlinked inode
+        still referenced (open) is found and gains a reference like any lookup."""
+        ino = self._inode(inum)
         self._ref(inum)
         return Attr(inum, ino)
 
@@ -372,7 +382,14 @@ class Filesystem:
             self._truncate(inum, size, ch)
         else:
             op = Op(self, SHRINK)
+            if mode is not None:
+                self.acls.chmod(op.t, inum, mode)
             op.put(inum, ino.replace(**ch))
+            op.commit()
+            return Attr(inum, self._inode(inum))
+        if mode is not None:            # chmod with a truncate: the ACL after it
+            op = Op(self, SHRINK)
+            self.acls.chmod(op.t, inum, mode)
             op.commit()
         return Attr(inum, self._inode(inum))
 
@@ -409,6 +426,7 @@ class Filesystem:
                 mode |= stat.S_ISGID
         inum = self.inums.alloc(parent, mkdir, self._depth(parent) if mkdir else 1)
         op = Op(self)
+        mode = self.acls.inherit(op.t, parent, inum, mode)
         t = now_ns()
         ino = new_inode(mode, uid, gid, rdev=rdev, parent=parent, nlink=2 if mkdir else 1,
                         generation=self._generation(op), tail=tail, size=len(tail), t=t)
@@ -931,7 +949,10 @@ class Filesystem:
         self._writable()
         ino = self._inode(inum)
         op = Op(self)
-        self.xattrs.set(op.t, inum, name, value, flags)
+        if name in acl.NAMES:
+            ino = self.acls.set(op.t, inum, ino, name, value)
+        else:
+            self.xattrs.set(op.t, inum, name, value, flags)
         op.put(inum, ino.replace(ctime_ns=now_ns()))
         op.commit()
 

@@ -1,8 +1,8 @@
 """Extended attributes: key (inum, slot) -> Xattr(name_len, hash, tail=name+value).
 
 Slots are hashed and probed like directory entries (see dir.py). Names carry
-their namespace prefix and are stored whole; values are opaque (POSIX ACLs
-included).
+their namespace prefix and are stored whole; values are opaque, except POSIX
+ACLs, which acl.py validates and keeps in step with the mode.
 """
 
 from __future__ import annotations
@@ -53,7 +53,12 @@ class Xattrs:
         slot, val, _free = self._find(self.bt.get, inum, name)
         if slot is None:
             raise FSError(errno.ENODATA)
-        return val[Xattr.SIZE + len(name):]
+        return self.value_of(val, name)
+
+    @staticmethod
+    def value_of(rec: bytes, name: bytes) -> bytes:
+        """The value in a stored record of name."""
+        return rec[Xattr.SIZE + len(name):]
 
     def list(self, inum: int) -> list[bytes]:
         out = []
