@@ -765,3 +765,66 @@ class OverlayDevice(Device):
     def close(self) -> None:
         self.blocks.clear()
         self.inner.close()
+
+
+class StagedDevice(_Wrapper):
+    """Holds every write in memory (an OverlayDevice) until commit() writes them
+    through, in block order, and flushes; from then on it passes everything
+    straight to `inner`. A mount, and a repairing fsck, stage what they write:
+    one that fails (abort()) leaves the image exactly as it found it."""
+
+    def __init__(self, inner: Device):
+        super().__init__(inner)
+        self.stage: OverlayDevice | None = OverlayDevice(inner)
+        self.aborted = False
+
+    def _target(self) -> Device:
+        if self.aborted:
+            raise DeviceError(errno.EROFS, f"{self.path}: staged writes were abandoned")
+        return self.stage if self.stage is not None else self.inner
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return self._target().pread(length, offset)
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        if self.inner.read_only:
+            raise self.inner._readonly_error()
+        self._target().pwrite(data, offset)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        self._target().discard(offset, length)
+
+    @property
+    def staging(self) -> bool:
+        return self.stage is not None
+
+    def close(self) -> None:
+        # Closed while staging (an engine unmounted inside a repairing fsck):
+        # the staged writes are still to be committed, so inner stays open
+        # for the caller that owns it.
+        if self.stage is None:
+            self.inner.close()
+
+    def commit(self) -> int:
+        """Write the staged blocks to the device and flush; return how many."""
+        stage = self.stage
+        if stage is None:
+            return 0
+        blocks = stage.blocks
+        for b in sorted(blocks):
+            self.inner.pwrite(bytes(blocks[b]), b * BLOCK_SIZE)
+        if blocks:
+            self.inner.flush()
+        self.stage = None
+        return len(blocks)
+
+    def abort(self) -> None:
+        """Forget the staged writes: the device keeps what it had, and nothing
+        more goes through this wrapper."""
+        if self.stage is not None:
+            self.stage.blocks.clear()
+            self.stage = None
+            self.aborted = True

@@ -18,7 +18,7 @@ import time
 from .alloc.copygc import Copygc
 from .alloc.foreground import Allocator, NoSpace, Watermark
 from .btree.tree import BtreeSet, BtreeSpaceError
-from .device import OverlayDevice
+from .device import OverlayDevice, StagedDevice
 from .format import (
     BTREE_ID_NR,
     JSET_KEY_SIZE,
@@ -69,6 +69,11 @@ class Engine:
             # Replay may split or compact nodes: keep those writes in memory so
             # a read-only mount, fsck -n or an inspection never touches the image.
             dev = OverlayDevice(dev)
+        elif not read_only:
+            # What mounting writes (replay's node writes, new roots) is staged
+            # and goes to the image only once the mount has succeeded: a mount
+            # that fails leaves the image exactly as it found it.
+            dev = StagedDevice(dev)
         self.dev = dev
         self.read_only = read_only
         # With a background flusher (the mount daemon), commits leave journal
@@ -106,8 +111,10 @@ class Engine:
         try:
             self._mount()
         except MountError:
+            self._abort_mount()
             raise
         except Exception as e:
+            self._abort_mount()
             # An image is untrusted input: whatever a damaged one trips over
             # while mounting, the caller gets one clear error (fsck repairs).
             raise MountError(f"cannot mount: {type(e).__name__}: {e} (run fsck)") from e
@@ -187,7 +194,12 @@ class Engine:
             sb.state = SbState.dirty
             sb.mount_count += 1
             sb.mtime_ns = time.time_ns()
+            self.dev.commit()           # the mount worked: what it wrote goes to the image
             self._reserve_seqs(next_seq)
+
+    def _abort_mount(self) -> None:
+        if isinstance(self.dev, StagedDevice):
+            self.dev.abort()
 
     def _reserve_seqs(self, seq: int) -> None:
         """Record in the superblock, durably, that this session may use journal

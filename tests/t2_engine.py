@@ -124,3 +124,35 @@ def test_hostile_journal_value_gives_mount_error():
     eng.flush()
     with pytest.raises(MountError, match="run fsck"):
         Engine(MemDevice(eng.dev.snapshot()))
+
+
+def test_a_mount_that_fails_writes_nothing():
+    """Replay writes nodes (here every 4 KiB of dirty keys) before it reads
+    the rest of the tree: a read error after those writes fails the mount,
+    and the image is exactly what it was (the mount's writes were staged)."""
+    from pyfs.device import FaultyDevice
+    from pyfs.engine import MountError
+    dev = MemDevice(16 << 20)
+    format_device(dev, bucket_size=128 << 10, btree_node_size=16 << 10)
+    eng = Engine(dev)
+    eng.sync_all()                          # later keys only in the journal
+    for i in range(300):
+        t = eng.trans()
+        for j in range(10):
+            t.set(BtreeId.inodes, pack_key(i, j), RAW + bytes(40))
+        t.commit()
+    eng.flush()
+    image = dev.snapshot()                  # a crash: the journal needs replay
+    probe = FaultyDevice(MemDevice(image), fail_at=1 << 30, kinds=("read",))
+    Engine(probe, write_buffer=4096).close()
+    reads = probe.calls
+    failed_after_writes = 0
+    for k in range(0, reads, max(1, reads // 40)):
+        inner = MemDevice(image)
+        faulty = FaultyDevice(inner, fail_at=k, kinds=("read",))
+        try:
+            Engine(faulty, write_buffer=4096).close()
+        except MountError:
+            assert inner.snapshot() == image, f"failed mount (read {k}) wrote the image"
+            failed_after_writes += k > reads // 2
+    assert failed_after_writes > 5

@@ -35,6 +35,7 @@ from pyfs.fsck.craft import (
 from pyfs.fsck.errors import ERROR_TABLE, INFO, Err, table_markdown
 from pyfs.fsck.passes import resolve_overlaps
 from pyfs.fsck.report import Reporter
+from pyfs.superblock import read_superblock
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "FSCK.md"
 
@@ -191,6 +192,36 @@ def test_internal_error_is_reported_not_raised(clean_img, monkeypatch):
     res, out = _run(MemDevice(clean_img), "yes")
     assert res.exit_code & 8
     assert "[250 internal_error] pass 3" in out and "simulated bug" in out
+
+
+def test_fsck_that_cannot_finish_leaves_the_image_as_it_was(clean_img, monkeypatch):
+    """Repairs are staged: a dangling entry fixed in pass 8, then a pass that
+    fails; nothing of the repair may reach the image."""
+    from pyfs import fsck
+
+    def boom(ctx):
+        raise RuntimeError("simulated bug after repairs")
+    dev = _dangling(clean_img)
+    before = dev.snapshot()
+    monkeypatch.setattr(fsck, "PASSES", [p for p in fsck.PASSES if p[0] < 11] + [(11, boom)])
+    res, out = _run(dev, "yes")
+    assert res.exit_code & 8 and "fixed" in out
+    assert "nothing was written" in out
+    assert dev.snapshot() == before
+
+
+def test_fatal_after_a_superblock_repair_writes_nothing(clean_img):
+    """Pass 1 repairs the primary superblock from the backup, pass 2 finds the
+    journal gone (fatal): the image keeps its damaged primary too."""
+    dev = MemDevice(clean_img)
+    sb = read_superblock(dev)[0]
+    dev.pwrite(bytes(sb.journal_nbuckets * sb.bucket_size), sb.journal_bucket * sb.bucket_size)
+    dev.pwrite(b"\xff" * 64, SB_OFFSET + 64)
+    before = dev.snapshot()
+    res, out = _run(dev, "yes")
+    assert res.exit_code & 8 and not res.exit_code & 1     # nothing was corrected after all
+    assert "[1 sb_primary_bad]" in out and "journal_roots_lost" in out
+    assert dev.snapshot() == before
 
 
 def test_damaged_later_bset_is_an_error(clean_img):

@@ -107,3 +107,33 @@ def test_crash_states_are_clean(seed):
         eng.close()
     assert n > 10
     assert not bad, f"{len(bad)} of {n} crash states are not clean:\n" + "\n".join(bad[:3])
+
+
+def test_first_mount_crash_states_are_clean():
+    """A power cut at any point of a fresh image's first mount (before, during
+    and after its roots, superblock and first journal writes): fsck agrees
+    with mount that there is nothing to repair, and the image mounts."""
+    with deterministic(11):
+        rec = RecordingDevice(new_image(size=8 * MiB))
+        eng, fs = mount(rec)
+        a = fs.create(1, b"first", 0o644)
+        fs.write(a.st_ino, 0, b"x" * 5000)
+        fs.sync(a.st_ino)
+        fs.mkdir(1, b"second", 0o755)
+        eng.close()
+    bad = []
+    n = 0
+    for upto in range(len(rec.log) + 1):            # after every write, not only flushes
+        n += 1
+        dev = rec.materialize(upto)
+        out = io.StringIO()
+        res = fsck_device(dev, FsckOptions(mode="no", force=True), out=out)
+        if res.exit_code:
+            bad.append(f"u{upto} ({rec.log[upto - 1][0] if upto else 'mkfs'}): "
+                       f"exit {res.exit_code}\n{out.getvalue()}")
+            continue
+        eng = Engine(dev)
+        fs = Filesystem(eng)
+        eng.close()
+    assert n > 10
+    assert not bad, f"{len(bad)} of {n} crash states are not clean:\n" + "\n".join(bad[:3])

@@ -432,15 +432,20 @@ def check_mutation(mid: int) -> tuple[str | None, str | None]:
 
 
 def _mount_original(dev, what: str, mid: int) -> str | None:
-    """Mounting the damaged image read-only: only clean errors are acceptable."""
-    try:
-        Engine(MemDevice(dev.snapshot()), read_only=True)
-    except CLEAN_MOUNT_ERRORS:
-        pass
-    except FuzzTimeout:
-        raise
-    except Exception as e:
-        return f"{mid} [{what}]: mount raised {type(e).__name__}: {e}"
+    """Mounting the damaged image: only clean errors are acceptable, and a
+    read-write mount that fails leaves the image exactly as it found it."""
+    before = dev.snapshot()
+    for read_only in (True, False):
+        copy = MemDevice(before)
+        try:
+            Engine(copy, read_only=read_only)
+        except CLEAN_MOUNT_ERRORS:
+            if copy.snapshot() != before:
+                return f"{mid} [{what}]: a failed mount (read_only={read_only}) wrote the image"
+        except FuzzTimeout:
+            raise
+        except Exception as e:
+            return f"{mid} [{what}]: mount raised {type(e).__name__}: {e}"
     return None
 
 

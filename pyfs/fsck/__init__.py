@@ -24,7 +24,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from ..device import DeviceBusy, open_device
+from ..device import DeviceBusy, StagedDevice, open_device
 from ..engine import Engine
 from ..format import SbState
 from .alloc import pass4, pass5
@@ -127,9 +127,13 @@ class Run:
     def _journal(self, sb, view) -> None:
         rep = self.rep
         newest = view.newest
-        if newest is None and (sb.clean_journal_seq or sb.mount_count):
+        if newest is None and sb.clean_journal_seq:
+            # Mount's rule: an empty journal is a filesystem whose first session
+            # never made an entry durable (nothing it did was acknowledged as
+            # durable, so it is empty) unless a clean unmount recorded entries.
             rep.fatal(Err.journal_roots_lost, "the journal holds no valid entry but the "
-                      "filesystem has been used: the btree roots are lost")
+                      f"superblock says entries up to {sb.clean_journal_seq} were written: "
+                      "the btree roots are lost")
         for f, why in view.bogus:
             rep.problem(Err.journal_entry_bad, f"journal entry {f.seq} at ring offset "
                         f"{f.pos}: {why}; erased", lambda f=f: erase_entries(self.dev, sb, [f]))
@@ -227,9 +231,14 @@ def fsck_device(dev, opts: FsckOptions | None = None, *, name: str = "image",
     out = out if out is not None else sys.stdout
     rep = Reporter(mode=opts.mode, verbose=opts.verbose, out=out, ask_in=ask_in,
                    progress_out=progress_out)
-    run = Run(dev, opts, rep, name)
+    # Repairs are staged and written only if the check runs to its end: an
+    # fsck that cannot finish leaves the image as it found it.
+    staged = StagedDevice(dev) if opts.mode != MODE_NO else None
+    run = Run(staged or dev, opts, rep, name)
+    finished = False
     try:
         run.go()
+        finished = True
     except FsckAbort:
         pass
     except Exception as e:
@@ -242,6 +251,15 @@ def fsck_device(dev, opts: FsckOptions | None = None, *, name: str = "image",
         rep.end_pass()
         rep.clear_progress()
     summary = run.summary()
+    if staged is not None:
+        if finished:
+            staged.commit()
+        else:
+            dropped = len(staged.stage.blocks) if staged.stage is not None else 0
+            staged.abort()
+            rep.undo_fixes()
+            if dropped:
+                summary += "; nothing was written (the image is as it was)"
     out.write(summary + "\n")
     out.flush()
     return FsckResult(rep.exit_code(), rep.problems, summary)

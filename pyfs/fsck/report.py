@@ -183,6 +183,11 @@ class Reporter:
         fixed = sum(p.fixed for p in errs)
         return len(errs), fixed, len(errs) - fixed
 
+    def undo_fixes(self) -> None:
+        """The repairs were not written after all (the check could not finish)."""
+        for p in self.problems:
+            p.fixed = False
+
     def exit_code(self) -> int:
         code = EXIT_OK
         for p in self.problems:
