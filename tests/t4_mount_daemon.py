@@ -13,15 +13,25 @@ import tempfile
 import threading
 import time
 
+import fsck_lite
 import pyfuse3
 import pytest
 import trio
 from conftest import FsEnv, Mount, pyfs_cli, require_fuse
 
 from pyfs.btree.tree import BtreeError
+from pyfs.device import MemDevice
 from pyfs.format import SbState
+from pyfs.fs import FSError
 from pyfs.fuse import Flusher, FlushThread, Operations
-from pyfs.mount import MountFailed, _alive, is_mounted, parse_options
+from pyfs.mount import (
+    MountFailed,
+    _alive,
+    is_mounted,
+    parse_options,
+    parse_remount_options,
+    split_options,
+)
 
 
 def sb_state(image: str) -> int:
@@ -148,6 +158,30 @@ def test_bad_options_and_paths(tmp_path, scratch_dir):
     assert not is_mounted(scratch_dir)
 
 
+def test_tools_refuse_what_is_not_pyfs(tmp_path, scratch_dir):
+    """umount, stats and every command taking a mount point check that it is
+    a pyfs mount (issue 13: `pyfs umount` used to unmount anything)."""
+    require_fuse()
+    ext4 = str(tmp_path / "ext4.img")
+    subprocess.run(["mkfs.ext4", "-q", "-F", ext4, "16M"], check=True, capture_output=True)
+    for mount_cmd, kind in ((["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", scratch_dir],
+                             "tmpfs"),
+                            (["fuse2fs", ext4, scratch_dir], "fuse.ext4")):
+        subprocess.run(mount_cmd, check=True, capture_output=True)
+        try:
+            for args in (["umount", scratch_dir], ["umount", "-l", scratch_dir],
+                         ["stats", scratch_dir], ["stats", "--json", scratch_dir]):
+                r = pyfs_cli(*args, check=False)
+                assert r.returncode == 1, (args, r.stderr)
+                assert f"{scratch_dir} is not a pyfs mount: it is a {kind} mount" in r.stderr
+                assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+                assert is_mounted(scratch_dir)
+        finally:
+            subprocess.run(["umount", scratch_dir], check=True)
+    r = pyfs_cli("stats", scratch_dir, check=False)
+    assert r.returncode == 1 and "is not mounted" in r.stderr
+
+
 def test_mount_helper_and_foreground(tmp_path, scratch_dir):
     require_fuse()
     image = str(tmp_path / "img")
@@ -186,15 +220,40 @@ def test_parse_options():
     o = parse_options(["ro,allow_other,debug,flush_delay_ms=250", "btree_write_buffer=64K,"
                        "cache_nodes=100,fsname=disk1,noatime,nodiscard,nosuid,defaults"])
     assert (o.ro, o.allow_other, o.debug, o.flush_delay_ms, o.btree_write_buffer,
-            o.cache_nodes, o.fsname, o.noatime, o.discard) == \
-        (True, True, True, 250, 65536, 100, "disk1", True, False)
+            o.cache_nodes, o.fsname, o.noatime, o.discard, o.errors) == \
+        (True, True, True, 250, 65536, 100, "disk1", True, False, "remount-ro")
     fo = o.fuse_options("/x/img")
     assert {"ro", "allow_other", "fsname=disk1", "subtype=pyfs", "default_permissions",
             "nosuid", "noatime"} <= fo
     assert "suid" not in fo
-    for bad in ("nope", "cache_nodes=1", "errors=panic", "flush_delay_ms=-5"):
+    for bad in ("nope", "cache_nodes=1", "errors=panic", "errors=sometimes",
+                "flush_delay_ms=-5", "remount"):
         with pytest.raises(MountFailed):
             parse_options(bad)
+    with pytest.raises(MountFailed, match="errors=panic is not supported"):
+        parse_options("errors=panic")
+    assert parse_options("nope,errors=ro", sloppy=True).errors == "remount-ro"
+
+
+def test_generic_options_never_reach_libfuse_when_it_refuses_them():
+    # libfuse 3's mount fails on these (fuse_session_new); mount.fuse3's
+    # ignore list (_netdev, nofail, auto, ...) is dropped the same way.
+    o = parse_options("rw,lazytime,nolazytime,diratime,nodiratime,relatime,strictatime,"
+                      "_netdev,nofail,noauto,users,x-systemd.automount,comment=x,"
+                      "errors=continue,nodev,noexec,sync")
+    fo = o.fuse_options("/img")
+    assert not fo & {"lazytime", "nolazytime", "diratime", "nodiratime", "relatime",
+                     "strictatime", "_netdev", "nofail", "noauto", "users", "errors=continue"}
+    assert {"nodev", "noexec", "sync"} <= fo and not o.noatime and o.errors == "continue"
+    assert parse_options("noatime,relatime").noatime is False       # the last one wins
+
+
+def test_parse_remount_options():
+    # What mount(8) hands a helper for `mount -o remount,ro DIR`.
+    items = split_options("ro,relatime,remount,user_id=0,group_id=0,default_permissions,"
+                          "flush_delay_ms=200,errors=continue,allow_other")
+    assert parse_remount_options(items) == {"ro": True, "noatime": False, "errors": "continue"}
+    assert parse_remount_options(["rw", "noatime", "remount"]) == {"ro": False, "noatime": True}
 
 
 # ---------------------------------------------------------------- FUSE edge in-process
@@ -300,6 +359,85 @@ def test_errors_ro_after_fatal_error(monkeypatch):
         assert await ops.read(fi.fh, 0, 10) == b"ok"
     trio.run(main)
     env.eng.close(clean=False)
+
+
+def test_errors_continue_keeps_writing_unless_a_commit_broke(monkeypatch):
+    env, ops = make_ops()
+    ops.errors = "continue"
+    orig = env.fs._write_chunk
+
+    def broken(*a, **kw):
+        raise BtreeError("injected before any commit")
+
+    async def main():
+        fi, e = await ops.create(1, b"f", 0o644, os.O_WRONLY, Ctx())
+        monkeypatch.setattr(env.fs, "_write_chunk", broken)
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.write(fi.fh, 0, b"boom")
+        assert ei.value.errno == errno.EIO
+        assert ops.failed is None and not env.fs.read_only        # still writable
+        monkeypatch.setattr(env.fs, "_write_chunk", orig)
+        assert await ops.write(fi.fh, 0, b"ok") == 2
+        await ops.mkdir(1, b"d", 0o755, Ctx())
+        env.eng.flush()
+        st = ops.state()
+        assert st["errors_seen"] == 1 and "injected" in st["last_error"]
+        assert not st["read_only"] and st["errors"] == "continue"
+        # A commit that fails part way stops the engine: read-only even so.
+        monkeypatch.setattr(env.eng, "_apply", broken)
+        with pytest.raises(pyfuse3.FUSEError):
+            await ops.mkdir(1, b"e", 0o755, Ctx())
+        assert ops.failed is not None and env.fs.read_only
+        assert ops.state()["read_only_reason"].startswith("stopped after an error")
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.control("rw")
+        assert ei.value.errno == errno.EIO
+    trio.run(main)
+    env.eng.close(clean=False)
+    env.remount(clean=False)        # nothing of the broken commit reached the disk
+    assert env.fs.lookup(1, b"d") and env.fs.read(env.fs.lookup(1, b"f").st_ino, 0, 9) == b"ok"
+    assert env.fsck() == []
+    with pytest.raises(FSError):
+        env.fs.lookup(1, b"e")
+    env.close()
+
+
+def test_remount_ro_writes_back_then_rw_resumes():
+    env, ops = make_ops()
+
+    async def main():
+        fi, e = await ops.create(1, b"f", 0o644, os.O_WRONLY, Ctx())
+        await ops.write(fi.fh, 0, b"before")
+        await ops.release(fi.fh)
+        await ops.control("ro")
+        assert env.eng.sb.state == SbState.clean and not env.eng.btrees.dirty
+        snap = env.dev.snapshot()                   # what a power cut now leaves
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.mkdir(1, b"d", 0o755, Ctx())
+        assert ei.value.errno == errno.EROFS
+        assert ops.state()["read_only_reason"] == "remounted read-only"
+        await ops.control("ro")                     # again: nothing to do
+        await ops.control("rw")
+        assert env.eng.sb.state == SbState.dirty and not env.fs.read_only
+        await ops.mkdir(1, b"d", 0o755, Ctx())
+        for bad in ("frob", "errors=panic"):
+            with pytest.raises(pyfuse3.FUSEError) as ei:
+                await ops.control(bad)
+            assert ei.value.errno == errno.EINVAL
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.setxattr(1, b"pyfs.control", b"ro", Ctx(uid=1000))
+        assert ei.value.errno == errno.EPERM
+        return snap
+    snap = trio.run(main)
+    frozen = FsEnv.__new__(FsEnv)
+    frozen.dev = MemDevice(snap)
+    fs = frozen.remount(clean=False)
+    assert frozen.eng.replayed_keys == 0, "clean: nothing to replay"
+    assert fs.read(fs.lookup(1, b"f").st_ino, 0, 10) == b"before"
+    assert fsck_lite.check(frozen.eng) == []
+    env.close()
+    env.remount()
+    assert env.fs.lookup(1, b"d")
 
 
 def test_lookup_counts_through_readdirplus():

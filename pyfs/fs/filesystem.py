@@ -206,8 +206,12 @@ class Filesystem:
             raise FSError(errno.EROFS)
 
     def set_read_only(self) -> None:
-        """errors=ro: refuse every further change."""
+        """errors=remount-ro or remount,ro: refuse every further change."""
         self.read_only = True
+
+    def set_read_write(self) -> None:
+        """remount,rw: changes are allowed again (the engine was thawed first)."""
+        self.read_only = self.eng.read_only
 
     def _generation(self, op: Op) -> int:
         g = self.next_gen
