@@ -288,7 +288,7 @@ def test_cli_interrupt_exits_32(img_file, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(fsck_cli, "fsck_path", interrupted)
-    assert cli.fsck_main(["-y", str(img_file)]) == 32
+    assert cli.fsck_main(["-fy", str(img_file)]) == 32
 
 
 def test_console_scripts(img_file):
