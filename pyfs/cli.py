@@ -331,21 +331,27 @@ command("mkfs", help="make a new pyfs filesystem", setup=_setup_mkfs,
 # pyfs show-super
 
 def _setup_show_super(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("image", metavar="IMAGE|MOUNTPOINT",
+                   help="image file or block device, or the mount point of a mounted pyfs")
 
 
 @command("show-super", help="print the superblock of an image", setup=_setup_show_super)
 def run_show_super(args: argparse.Namespace) -> int:
+    from pyfs.inspect import InspectError, image_of
+    try:
+        image = image_of(args.image)
+    except InspectError as e:
+        raise CliError(str(e)) from None
     try:
         # Inspection only: fine on a mounted image, so no exclusive lock.
-        dev = open_device(args.image, read_only=True, exclusive=False)
+        dev = open_device(image, read_only=True, exclusive=False)
     except OSError as e:
-        raise _open_error(args.image, e) from None
+        raise _open_error(image, e) from None
     with dev:
         try:
             sb, warnings = read_superblock(dev)
         except FormatError as e:
-            raise CliError(f"{args.image}: not a usable pyfs filesystem: {e}") from None
+            raise CliError(f"{image}: not a usable pyfs filesystem: {e}") from None
     for w in warnings:
         print(f"pyfs show-super: warning: {w}", file=sys.stderr)
     print(sb.to_text())
@@ -553,8 +559,11 @@ def stats_summary(mountpoint: str, state: dict) -> str:
 # --------------------------------------------------------------------------
 # pyfs dump, pyfs journal: offline inspection (pyfs/inspect.py)
 
+IMAGE_OR_MOUNT = "image file or block device, or the mount point of a mounted pyfs"
+
+
 def _setup_dump(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("image", metavar="IMAGE|MOUNTPOINT", help=IMAGE_OR_MOUNT)
     p.add_argument("--btree", "-b", required=True, metavar="NAME",
                    help="btree to list: extents, inodes, dirents, xattrs, alloc, "
                         "backpointers, freespace or lru")
@@ -562,6 +571,8 @@ def _setup_dump(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", metavar="HI:LO", help="last key (default max:max)")
     p.add_argument("--nodes", action="store_true",
                    help="print the btree's node tree instead of its keys")
+    p.add_argument("--raw", action="store_true",
+                   help="print values' fields as stored (mode=33188, times in ns, ...)")
 
 
 @command("dump", help="list a btree's keys (journal replayed in memory)", setup=_setup_dump)
@@ -578,7 +589,7 @@ def run_dump(args: argparse.Namespace) -> int:
             if args.nodes:
                 print(pi.dump_nodes(eng, bid))
             else:
-                for line in pi.dump_keys(eng, bid, start, end):
+                for line in pi.dump_keys(eng, bid, start, end, args.raw):
                     print(line)
         finally:
             dev.close()
@@ -590,8 +601,9 @@ def run_dump(args: argparse.Namespace) -> int:
 
 
 def _setup_journal(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("image", metavar="IMAGE|MOUNTPOINT", help=IMAGE_OR_MOUNT)
     p.add_argument("-v", "--verbose", action="store_true", help="list every key of each entry")
+    p.add_argument("--raw", action="store_true", help="with -v: values' fields as stored")
 
 
 @command("journal", help="list the journal entries a mount would replay",
@@ -601,7 +613,7 @@ def run_journal(args: argparse.Namespace) -> int:
     try:
         dev = pi.open_image(args.image)
         try:
-            for line in pi.journal_lines(dev, args.verbose):
+            for line in pi.journal_lines(dev, args.verbose, args.raw):
                 print(line)
         finally:
             dev.close()

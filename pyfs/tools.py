@@ -12,7 +12,13 @@ from .format import DataType
 
 
 def open_engine_readonly(path: str) -> Engine:
-    """Open an image for inspection: read-only, no lock, journal replayed in memory."""
+    """Open an image (or a pyfs mount point's) for inspection: read-only, no
+    lock, journal replayed in memory (see pyfs/inspect.py)."""
+    from .inspect import InspectError, image_of
+    try:
+        path = image_of(path)
+    except InspectError as e:
+        raise CliError(str(e)) from None
     try:
         dev = open_device(path, read_only=True, exclusive=False)
     except OSError as e:
@@ -60,7 +66,8 @@ def usage_report(eng: Engine) -> dict:
 
 
 def _setup_usage(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="image file or block device")
+    p.add_argument("image", metavar="IMAGE|MOUNTPOINT",
+                   help="image file or block device, or the mount point of a mounted pyfs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
