@@ -152,7 +152,7 @@ class Filesystem:
         self.chunk = max(8, self.tx_budget // 4 // 96)
         # A write chunk may split one extent per block it covers.
         self.write_chunk = max(4, min(WRITE_CHUNK_MAX // BLOCK_SIZE, self.chunk // 2)) * BLOCK_SIZE
-        self.seed = int.from_bytes(eng.sb.uuid[:8], "little")
+        self.seed = eng.sb.hash_seed
         self.inodes = InodeCache(eng.btrees)
         self.data = DataIO(eng)
         self.xattrs = Xattrs(eng, self.seed, self.tx_budget)

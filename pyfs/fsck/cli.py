@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from ..cli import command, version_string
 from ..device import open_device
-from ..format import SB_SIZE, FormatError, SbState, Superblock
+from ..format import SB_READ_SIZE, FormatError, SbState, Superblock
 from ..superblock import read_superblock
 from . import FsckOptions, fsck_path
 from .report import EXIT_CANCELLED, EXIT_OK, EXIT_USAGE, MODE_ASK, MODE_NO, MODE_PREEN, MODE_YES
@@ -128,7 +128,7 @@ def cleanly_unmounted(path: str) -> bool:
     with dev:
         try:
             sb, warnings = read_superblock(dev)
-            backup = Superblock.unpack(dev.pread(SB_SIZE, sb.backup_offset),
+            backup = Superblock.unpack(dev.pread(SB_READ_SIZE, sb.backup_offset),
                                        sb.backup_offset, device_size=dev.size)
         except (FormatError, OSError):
             return False
