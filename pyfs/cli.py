@@ -125,7 +125,7 @@ def _open_error(path: str, err: OSError) -> CliError:
 # Running commands
 
 # Modules whose commands register themselves with @command when imported.
-COMMAND_MODULES = ["pyfs.tools", "pyfs.fsck.cli"]
+COMMAND_MODULES = ["pyfs.tools", "pyfs.browse", "pyfs.fsck.cli"]
 
 
 def _load_commands() -> None:
