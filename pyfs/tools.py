@@ -65,6 +65,7 @@ def usage_report(eng: Engine) -> dict:
         "fragmentation": round(1 - live / (used * bucket_sectors), 4) if used else 0.0,
         "counters": {k: v for k, v in eng.counters.items()
                      if k.startswith(("alloc_", "discard"))},
+        "allocator": alloc.usage(),
     }
 
 
@@ -95,6 +96,11 @@ def run_usage(args: argparse.Namespace) -> int:
     print(f"{'Needing discard:':<26}{rep['need_discard']}")
     print(f"{'Partially used buckets:':<26}{rep['partially_used_buckets']}")
     print(f"{'Fragmentation:':<26}{rep['fragmentation']:.1%}")
+    print("Allocator:")
+    for k, v in rep["allocator"].items():
+        if "reserve" in k and isinstance(v, int):        # reserves are counted in buckets
+            v = f"{v} buckets ({human_size(v * bs)})"
+        print(f"  {k + ':':<24}{v}")
     return EXIT_OK
 
 

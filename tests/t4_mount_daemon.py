@@ -507,6 +507,9 @@ def test_inspection_of_a_mount_point(mnt, tmp_path):
     assert (tmp_path / "d" / "e" / "f").read_bytes() == data
     r = pyfs_cli("ls", mnt.p("d"), check=False)          # inside the mount, not its root
     assert r.returncode == 1 and "is not mounted" in r.stderr
+    r = pyfs_cli("fsck", "-n", mnt.path, check=False)
+    assert r.returncode == 8
+    assert f"{mnt.path} is the mount point of {mnt.image}; unmount it" in r.stderr
 
 
 def test_stats_summary(mnt):

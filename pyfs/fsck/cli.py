@@ -29,7 +29,16 @@ from ..device import open_device
 from ..format import SB_READ_SIZE, FormatError, SbState, Superblock
 from ..superblock import read_superblock
 from . import FsckOptions, fsck_path
-from .report import EXIT_CANCELLED, EXIT_OK, EXIT_USAGE, MODE_ASK, MODE_NO, MODE_PREEN, MODE_YES
+from .report import (
+    EXIT_CANCELLED,
+    EXIT_OK,
+    EXIT_OPERATIONAL,
+    EXIT_USAGE,
+    MODE_ASK,
+    MODE_NO,
+    MODE_PREEN,
+    MODE_YES,
+)
 
 PROG = "fsck.pyfs"
 
@@ -91,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         progress, lines = _progress_stream(args.progress_fd)
         if progress is None:
             return EXIT_USAGE
+    if os.path.isdir(args.image):
+        return _refuse_directory(args.image)
     try:
         if not args.force and cleanly_unmounted(args.image):
             print(f"{args.image}: clean (cleanly unmounted; use -f to check anyway)")
@@ -103,6 +114,20 @@ def run(args: argparse.Namespace) -> int:
     if not res.problems and res.exit_code:
         print(f"{PROG}: {res.summary}", file=sys.stderr)
     return res.exit_code
+
+
+def _refuse_directory(path: str) -> int:
+    """fsck checks images, never a mounted filesystem: say which image it is."""
+    from ..mount import MountFailed, read_pid_file, require_pyfs_mount
+    try:
+        e = require_pyfs_mount(path)
+        info = read_pid_file(e.mountpoint) or {}
+        msg = (f"{path} is the mount point of {info.get('image') or e.source}; "
+               "unmount it, then check the image")
+    except MountFailed as err:
+        msg = f"{path} is a directory, not an image ({err})"
+    print(f"{PROG}: {msg}", file=sys.stderr)
+    return EXIT_OPERATIONAL
 
 
 def _progress_stream(fd: int):
