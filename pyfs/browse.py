@@ -297,8 +297,10 @@ class CopyOut:
             self._one(node, dest)
             return
         dirs = []
+        if not os.path.isdir(dest):
+            os.mkdir(dest)                      # as cp: its parent must exist
         for d, kids in self.tree.walk(node):
-            target = os.path.join(dest, os.path.relpath(d.path, node.path))
+            target = os.path.normpath(os.path.join(dest, os.path.relpath(d.path, node.path)))
             os.makedirs(target, exist_ok=True)
             dirs.append((d, target))
             for k in kids:

@@ -83,7 +83,12 @@ def _extend(dev: Device, size: int) -> None:
     if dev.is_block or not isinstance(dev, FileDevice):
         raise ResizeError(f"{dev.path} is a block device of {dev.size} bytes, smaller than "
                           f"{size}: grow the device first")
-    os.ftruncate(dev.fd, size)
+    try:
+        os.ftruncate(dev.fd, size)
+    except (OSError, OverflowError) as e:
+        why = getattr(e, "strerror", None) or "too large"
+        raise ResizeError(f"{dev.path}: cannot extend the image to {size} bytes: "
+                          f"{why}") from None
     dev.size = size
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import uuid as uuidlib
 
-from .cli import EXIT_OK, EXIT_USAGE, CliError, command, human_size, parse_size
+from .cli import EXIT_OK, EXIT_USAGE, CliError, _open_error, command, human_size, parse_size
 from .device import open_device
 from .engine import Engine, MountError
 from .format import MAX_LABEL, DataType
@@ -25,7 +25,7 @@ def open_engine_readonly(path: str) -> Engine:
     try:
         dev = open_device(path, read_only=True, exclusive=False)
     except OSError as e:
-        raise CliError(f"{path}: {e.strerror or e}") from None
+        raise _open_error(path, e) from None
     try:
         return Engine(dev, read_only=True)
     except MountError as e:

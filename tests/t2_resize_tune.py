@@ -113,6 +113,8 @@ def test_resize_refusals(tmp_path, capsys):
     for argv, msg in ((["resize", img, "--size", "16M"], "cannot shrink the filesystem from "
                        f"{24 * MiB} to {16 * MiB} bytes: pyfs can only grow"),
                       (["resize", img, "--size", "1X"], "bad size '1X'"),
+                      (["resize", img, "--size", "8E"], f"{img}: cannot extend the image to "
+                       f"{8 << 60} bytes: too large"),
                       (["resize", str(tmp_path / "none"), "--size", "32M"], "no such file"),
                       (["resize", str(tmp_path)], "is a directory")):
         code, out, err = run(capsys, *argv)

@@ -98,6 +98,8 @@ def test_cat(image, capsysbinary):
     (["ls", "{img}", "/dir/big/x"], "{img}:/dir/big/x: not a directory"),
     (["du", "{img}", "/missing"], "{img}:/missing: no such file or directory"),
     (["cp-out", "{img}", "/nope", "/tmp"], "{img}:/nope: no such file or directory"),
+    (["cp-out", "{img}", "/dir", "/tmp/no-such-dir-for-pyfs/x"],
+     "/tmp/no-such-dir-for-pyfs/x: No such file or directory"),
     (["ls", "/nonexistent.img"], "no such file"),
 ])
 def test_errors_are_one_line(image, capsysbinary, argv, msg):
