@@ -668,14 +668,15 @@ def remount(mountpoint: str, options: list[str]) -> None:
     e = require_pyfs_mount(mountpoint)
     mnt = e.mountpoint
     changes = parse_remount_options(options)
-    kernel_ro = "ro" in e.options[:1]
+    kernel_ro = e.options[0] == "ro"
     want_ro = changes.get("ro", kernel_ro)
     if not want_ro:
         _kernel_remount(mnt, options, ro=False)
-    for key in ("errors", "noatime"):
-        if key in changes and not (kernel_ro and want_ro):
-            control(mnt, f"errors={changes[key]}" if key == "errors"
-                    else ("noatime" if changes[key] else "atime"))
+    if not (kernel_ro and want_ro):             # pyfs.control needs a writable mount
+        if "errors" in changes:
+            control(mnt, f"errors={changes['errors']}")
+        if "noatime" in changes:
+            control(mnt, "noatime" if changes["noatime"] else "atime")
     if want_ro:
         control(mnt, "ro")
         try:

@@ -484,39 +484,42 @@ def test_lookup_counts_through_readdirplus():
     env.close()
 
 
-def test_inspection_of_a_mount_point(mnt, tmp_path):
+def test_inspection_of_a_mount_point(mnt, tmp_path, capsysbinary):
     """Every inspection command takes the mount point: structure commands read
     the image after the daemon synced its journal, file commands read through
     the kernel."""
+    def out(*argv: str, code: int = 0) -> str:
+        assert cli.main(list(argv)) == code, argv
+        o, e = capsysbinary.readouterr()
+        return (o if code == 0 else e).decode()
+
     os.makedirs(mnt.p("d/e"))
     data = os.urandom(200_000)
     with open(mnt.p("d/e/f"), "wb") as f:
         f.write(data)                       # no fsync: `sync` through pyfs.control
-    r = pyfs_cli("dump", mnt.path, "-b", "dirents")
-    assert "'f' -> " in r.stdout and "(file)" in r.stdout
-    assert "inode mode=-rw-r--r-- (100644)" in pyfs_cli("dump", mnt.path, "-b", "inodes").stdout
-    assert "entries, seq " in pyfs_cli("journal", mnt.path).stdout
-    assert "Label:" in pyfs_cli("show-super", mnt.path).stdout
-    assert "Live data + metadata:" in pyfs_cli("usage", mnt.path).stdout
-    assert pyfs_cli("ls", mnt.path, "/d").stdout == "e\n"
-    r = subprocess.run([sys.executable, "-m", "pyfs.cli", "cat", mnt.path, "/d/e/f"],
-                       capture_output=True, timeout=60)
-    assert r.returncode == 0 and r.stdout == data
-    assert pyfs_cli("du", "-s", mnt.path, "/d").stdout == "196\t/d\n"
-    pyfs_cli("cp-out", mnt.path, "/d", str(tmp_path))
+    r = out("dump", mnt.path, "-b", "dirents")
+    assert "'f' -> " in r and "(file)" in r
+    assert "inode mode=-rw-r--r-- (100644)" in out("dump", mnt.path, "-b", "inodes")
+    assert "entries, seq " in out("journal", mnt.path)
+    assert "Label:" in out("show-super", mnt.path)
+    assert "Live data + metadata:" in out("usage", mnt.path)
+    assert out("ls", mnt.path, "/d") == "e\n"
+    assert cli.main(["cat", mnt.path, "/d/e/f"]) == 0
+    assert capsysbinary.readouterr().out == data
+    assert out("du", "-s", mnt.path, "/d") == "196\t/d\n"
+    out("cp-out", mnt.path, "/d", str(tmp_path))
     assert (tmp_path / "d" / "e" / "f").read_bytes() == data
-    r = pyfs_cli("ls", mnt.p("d"), check=False)          # inside the mount, not its root
-    assert r.returncode == 1 and "is not mounted" in r.stderr
-    r = pyfs_cli("fsck", "-n", mnt.path, check=False)
-    assert r.returncode == 8
-    assert f"{mnt.path} is the mount point of {mnt.image}; unmount it" in r.stderr
+    assert "is not mounted" in out("ls", mnt.p("d"), code=1)     # inside, not the root
+    err = out("fsck", "-n", mnt.path, code=8)
+    assert f"{mnt.path} is the mount point of {mnt.image}; unmount it" in err
 
 
-def test_stats_summary(mnt):
+def test_stats_summary(mnt, capsys):
     with open(mnt.p("f"), "wb") as f:
         f.write(b"x" * 100_000)
         os.fsync(f.fileno())
-    out = pyfs_cli("stats", mnt.path).stdout
+    assert cli.main(["stats", mnt.path]) == 0
+    out = capsys.readouterr().out
     head, _, counters = out.partition("\nCounters:\n")
     rows = dict(line.split(":", 1) for line in head.splitlines())
     assert rows["State"].strip() == "read-write"
@@ -526,5 +529,6 @@ def test_stats_summary(mnt):
     assert rows["Dirty btree nodes"].strip().isdigit()
     assert rows["Last journal flush"].strip().endswith(" s ago")
     assert "journal_flushes" in counters and "fs_errors" in counters
-    s = json.loads(pyfs_cli("stats", "--json", mnt.path).stdout)
+    assert cli.main(["stats", "--json", mnt.path]) == 0
+    s = json.loads(capsys.readouterr().out)
     assert all(isinstance(v, int | float) for v in s.values()) and "State" not in s
