@@ -372,7 +372,7 @@ def run_version(args: argparse.Namespace) -> int:
 
 # /sbin name -> the console script of this environment it links to.
 HELPERS = {"mount.pyfs": "mount.pyfs", "mount.fuse.pyfs": "mount.pyfs",
-           "fsck.pyfs": "fsck.pyfs", "mkfs.pyfs": "mkfs.pyfs"}
+           "fsck.pyfs": "fsck.pyfs", "fsck.fuse.pyfs": "fsck.pyfs", "mkfs.pyfs": "mkfs.pyfs"}
 
 
 def _setup_install_helpers(p: argparse.ArgumentParser) -> None:
@@ -380,8 +380,9 @@ def _setup_install_helpers(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
 
-@command("install-helpers", help="link mount.pyfs, mount.fuse.pyfs, fsck.pyfs and mkfs.pyfs "
-         "into /sbin, so that mount -t pyfs|fuse.pyfs, fsck -t pyfs and mkfs -t pyfs work",
+@command("install-helpers", help="link mount.pyfs, mount.fuse.pyfs, fsck.pyfs, fsck.fuse.pyfs "
+         "and mkfs.pyfs into /sbin, so that mount -t pyfs|fuse.pyfs, fstab lines, fsck -t pyfs, "
+         "fsck -A and mkfs -t pyfs work",
          setup=_setup_install_helpers)
 def run_install_helpers(args: argparse.Namespace) -> int:
     # The console scripts start with this environment's python (an absolute

@@ -106,7 +106,8 @@ install_python_env() {
 # ---------------------------------------------------------------------------
 # 2b. The helpers mount(8), fsck(8) and mkfs(8) look for in /sbin:
 # mount.pyfs (mount -t pyfs), mount.fuse.pyfs (mount -t fuse.pyfs and fstab
-# lines of that type), fsck.pyfs and mkfs.pyfs, linked to this .venv.
+# lines of that type), fsck.pyfs, fsck.fuse.pyfs (fsck -A on such lines) and
+# mkfs.pyfs, linked to this .venv.
 
 install_helpers() {
     local sudo=()
@@ -117,7 +118,7 @@ install_helpers() {
         fi
         sudo=(sudo)
     fi
-    say "linking mount.pyfs, mount.fuse.pyfs, fsck.pyfs and mkfs.pyfs into /sbin"
+    say "linking mount.pyfs, mount.fuse.pyfs, fsck.pyfs, fsck.fuse.pyfs and mkfs.pyfs into /sbin"
     "${sudo[@]}" "$VENV/bin/pyfs" install-helpers --dir /sbin -q
 }
 

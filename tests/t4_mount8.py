@@ -51,8 +51,8 @@ class Namespace:
                  check=True)
 
     def run(self, *argv: str, check: bool = False, path: str | None = None,
-            ) -> subprocess.CompletedProcess:
-        env = {"PATH": path} if path else {}
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        env = {**({"PATH": path} if path else {}), **(env or {})}
         r = subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "--", *argv],
                            capture_output=True, text=True, env=env, timeout=120)
         assert not check or r.returncode == 0, (argv, r.returncode, r.stderr)
@@ -202,8 +202,13 @@ def test_fstab_line(ns, tmp_path):
     assert r.returncode == 0, r.stderr
     assert Path(ns.p(mnt, "f")).read_text() == "from fstab"
     unmount_and_wait(ns, mnt)
-    r = ns.run(FSCK, "-t", "pyfs", "-f", "-n", img)
-    assert r.returncode == 0, r.stdout + r.stderr
+    # fsck -A checks a pass-2 line with fsck.fuse.pyfs, its stdin closed (with
+    # nofail it would skip the image: not a block device).
+    fstab.write_text(f"{img} {mnt} fuse.pyfs noauto 0 2\n")
+    r = ns.run(FSCK, "-A", env={"FSTAB_FILE": str(fstab)})
+    assert r.returncode == 0 and "clean (cleanly unmounted" in r.stdout, r.stdout + r.stderr
+    r = ns.run(FSCK, "-A", "-f", "-n", env={"FSTAB_FILE": str(fstab)})
+    assert r.returncode == 0 and f"{img}: clean; " in r.stdout, r.stdout + r.stderr
 
 
 def pyfs_in_ns(ns: Namespace, *args: str) -> subprocess.CompletedProcess:

@@ -270,6 +270,13 @@ def test_cli_without_mode_and_without_a_terminal_is_n(img_file, capsys, monkeypa
     assert cli.fsck_main([str(img_file)]) == 0
 
 
+def test_cli_with_stdin_closed_is_n(img_file, capsys, monkeypatch):
+    # fsck -A runs checkers with stdin closed: Python then has no sys.stdin.
+    monkeypatch.setattr("sys.stdin", None)
+    assert cli.fsck_main(["-f", str(img_file)]) == 0
+    assert " inodes (" in capsys.readouterr().out
+
+
 def test_cli_refuses_a_mounted_image(img_file, capsys):
     holder = open_device(str(img_file), exclusive=True)
     try:

@@ -92,10 +92,10 @@ def setup(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     mode = args.mode
     if mode is None:
-        mode = MODE_ASK if sys.stdin.isatty() else MODE_NO
+        mode = MODE_ASK if _tty(sys.stdin) else MODE_NO
     opts = FsckOptions(mode=mode, force=args.force, verbose=args.verbose,
                        check_data=args.check_data)
-    progress, lines = sys.stderr if sys.stderr.isatty() else None, False
+    progress, lines = sys.stderr if _tty(sys.stderr) else None, False
     if args.progress_fd is not None:
         progress, lines = _progress_stream(args.progress_fd)
         if progress is None:
@@ -114,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     if not res.problems and res.exit_code:
         print(f"{PROG}: {res.summary}", file=sys.stderr)
     return res.exit_code
+
+
+def _tty(stream) -> bool:
+    """fsck -A runs checkers with stdin closed: no stream at all is no terminal."""
+    return stream is not None and stream.isatty()
 
 
 def _refuse_directory(path: str) -> int:
