@@ -125,7 +125,7 @@ def _open_error(path: str, err: OSError) -> CliError:
 # Running commands
 
 # Modules whose commands register themselves with @command when imported.
-COMMAND_MODULES = ["pyfs.tools", "pyfs.fsck.cli"]
+COMMAND_MODULES = ["pyfs.tools", "pyfs.browse", "pyfs.fsck.cli"]
 
 
 def _load_commands() -> None:
@@ -156,12 +156,16 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
 
 
 def _run(cmd: Command, args: argparse.Namespace) -> int:
+    from pyfs.mount import MountFailed
     try:
         return cmd.run(args)
     except CliError as e:
         msg, code = str(e), e.code
-    except (MkfsError, FormatError) as e:
+    except (MkfsError, FormatError, MountFailed) as e:
         msg, code = str(e), EXIT_ERROR
+    except BrokenPipeError:
+        _stdout_gone()          # `pyfs ... | head`: the reader went away, not an error
+        return EXIT_OK
     except OSError as e:
         name = f"{e.filename}: " if e.filename else ""
         msg, code = f"{name}{e.strerror or e}", EXIT_ERROR
@@ -327,21 +331,27 @@ command("mkfs", help="make a new pyfs filesystem", setup=_setup_mkfs,
 # pyfs show-super
 
 def _setup_show_super(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("image", metavar="IMAGE|MOUNTPOINT",
+                   help="image file or block device, or the mount point of a mounted pyfs")
 
 
 @command("show-super", help="print the superblock of an image", setup=_setup_show_super)
 def run_show_super(args: argparse.Namespace) -> int:
+    from pyfs.inspect import InspectError, image_of
+    try:
+        image = image_of(args.image)
+    except InspectError as e:
+        raise CliError(str(e)) from None
     try:
         # Inspection only: fine on a mounted image, so no exclusive lock.
-        dev = open_device(args.image, read_only=True, exclusive=False)
+        dev = open_device(image, read_only=True, exclusive=False)
     except OSError as e:
-        raise _open_error(args.image, e) from None
+        raise _open_error(image, e) from None
     with dev:
         try:
             sb, warnings = read_superblock(dev)
         except FormatError as e:
-            raise CliError(f"{args.image}: not a usable pyfs filesystem: {e}") from None
+            raise CliError(f"{image}: not a usable pyfs filesystem: {e}") from None
     for w in warnings:
         print(f"pyfs show-super: warning: {w}", file=sys.stderr)
     print(sb.to_text())
@@ -358,33 +368,81 @@ def run_version(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# pyfs install-helpers: what mount(8), fsck(8) and mkfs(8) look for in /sbin
+
+# /sbin name -> the console script of this environment it links to.
+HELPERS = {"mount.pyfs": "mount.pyfs", "mount.fuse.pyfs": "mount.pyfs",
+           "fsck.pyfs": "fsck.pyfs", "fsck.fuse.pyfs": "fsck.pyfs", "mkfs.pyfs": "mkfs.pyfs"}
+
+
+def _setup_install_helpers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", default="/sbin", help="where to link them (default: /sbin)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+
+@command("install-helpers", help="link mount.pyfs, mount.fuse.pyfs, fsck.pyfs, fsck.fuse.pyfs "
+         "and mkfs.pyfs into /sbin, so that mount -t pyfs|fuse.pyfs, fstab lines, fsck -t pyfs, "
+         "fsck -A and mkfs -t pyfs work",
+         setup=_setup_install_helpers)
+def run_install_helpers(args: argparse.Namespace) -> int:
+    # The console scripts start with this environment's python (an absolute
+    # path), so the links work whatever PATH mount(8) runs them with.
+    bindir = Path(sys.executable).parent
+    for name, script in HELPERS.items():
+        src = bindir / script
+        if not src.exists():
+            raise CliError(f"{src} is missing: pyfs is not installed in {bindir.parent} "
+                           "(run scripts/setup.sh --install-only)")
+        dst = Path(args.dir) / name
+        if dst.exists() and not dst.is_symlink():
+            raise CliError(f"{dst} exists and is not a symbolic link; not replacing it")
+        tmp = dst.with_name(f".{name}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(src)
+        os.replace(tmp, dst)
+        if not args.quiet:
+            print(f"{dst} -> {src}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
 # pyfs mount / umount / stats, and mount.pyfs (implemented in pyfs/mount.py)
 
 def _setup_mount(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="image file or block device")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="directory to mount on")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="comma-separated mount options: ro, allow_other, debug, noatime, "
-                        "flush_delay_ms=N, btree_write_buffer=SIZE, cache_nodes=N, "
-                        "fsname=NAME, nodiscard, and the generic nosuid/nodev/noexec/...")
+                   help="comma-separated mount options: ro, rw, allow_other, debug, noatime, "
+                        "errors=remount-ro|continue, flush_delay_ms=N, btree_write_buffer=SIZE, "
+                        "cache_nodes=N, fsname=NAME, nodiscard, remount (with ro or rw), "
+                        "and the generic nosuid/nodev/noexec/lazytime/...")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="serve in the foreground instead of as a daemon")
 
 
-def _do_mount(image: str, mountpoint: str, options: list[str], foreground: bool) -> int:
-    from pyfs.mount import MountFailed, mount, parse_options
-    try:
-        opts = parse_options(options)
-        opts.foreground = opts.foreground or foreground
-        mount(image, mountpoint, opts)
-    except MountFailed as e:
-        raise CliError(str(e)) from None
+def _do_mount(image: str, mountpoint: str, options: list[str], foreground: bool,
+              sloppy: bool = False) -> int:
+    from pyfs.mount import mount, parse_options, remount, split_options
+    items = split_options(options)
+    if "remount" in items:
+        remount(mountpoint, items)
+        return EXIT_OK
+    opts = parse_options(items, sloppy=sloppy)
+    opts.foreground = opts.foreground or foreground
+    mount(image, mountpoint, opts)
     return EXIT_OK
 
 
-@command("mount", help="mount a pyfs image", setup=_setup_mount)
+@command("mount", help="mount a pyfs image (or remount one: -o remount,ro)", setup=_setup_mount)
 def run_mount(args: argparse.Namespace) -> int:
     return _do_mount(args.image, args.mountpoint, args.options, args.foreground)
+
+
+# mount(8)'s RETURN CODES, which its helpers follow.
+MOUNT_USAGE, MOUNT_FAILED, MOUNT_INTERRUPTED = 1, 32, 8
+# Where mount(8) and fsck(8) may run a helper with (almost) no PATH: the
+# daemon and remount still need fusermount3 and mount.
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 def _setup_mount_helper(p: argparse.ArgumentParser) -> None:
@@ -392,7 +450,9 @@ def _setup_mount_helper(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint", metavar="DIR")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS")
     p.add_argument("-f", dest="fake", action="store_true", help="do everything but mount")
-    for flag in ("-s", "-n", "-v"):          # sloppy, no mtab, verbose: nothing to do
+    p.add_argument("-s", dest="sloppy", action="store_true",
+                   help="ignore mount options pyfs does not know")
+    for flag in ("-n", "-v"):               # no mtab, verbose: nothing to do
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-t", dest="fstype", help=argparse.SUPPRESS)
     p.add_argument("-N", dest="namespace", help=argparse.SUPPRESS)
@@ -401,20 +461,34 @@ def _setup_mount_helper(p: argparse.ArgumentParser) -> None:
 def run_mount_helper(args: argparse.Namespace) -> int:
     if args.fake:
         return EXIT_OK
-    return _do_mount(args.image, args.mountpoint, args.options, False)
+    return _do_mount(args.image, args.mountpoint, args.options, False, args.sloppy)
+
+
+def with_system_path() -> None:
+    """Make sure PATH holds the system directories (mount(8) and fsck(8)
+    may run helpers with a minimal environment)."""
+    path = [d for d in os.environ.get("PATH", "").split(":") if d]
+    os.environ["PATH"] = ":".join(path + [d for d in SYSTEM_PATH if d not in path])
 
 
 def _mount_helper_main(argv: Sequence[str] | None) -> int:
-    # Not a `pyfs` subcommand: only the mount.pyfs console script runs it.
-    cmd = Command("mount.pyfs", "mount a pyfs image (mount(8) helper)", _setup_mount_helper,
-                  run_mount_helper, "mount.pyfs")
+    # Not a `pyfs` subcommand: mount(8) runs it as mount.pyfs or mount.fuse.pyfs.
+    with_system_path()
+    prog = os.path.basename(sys.argv[0]) if argv is None else "mount.pyfs"
+    if not prog.startswith("mount."):
+        prog = "mount.pyfs"
+    cmd = Command(prog, "mount a pyfs image (mount(8) helper)", _setup_mount_helper,
+                  run_mount_helper, prog)
     parser = argparse.ArgumentParser(prog=cmd.prog, description=cmd.help)
     parser.add_argument("--version", action="version", version=version_string())
     cmd.setup(parser)
     args = _parse(parser, argv)
     if isinstance(args, int):
-        return args
-    return _run(cmd, args)
+        return MOUNT_USAGE if args else EXIT_OK
+    code = _run(cmd, args)
+    if code == 130:
+        return MOUNT_INTERRUPTED
+    return MOUNT_FAILED if code else EXIT_OK
 
 
 def _setup_umount(p: argparse.ArgumentParser) -> None:
@@ -427,11 +501,8 @@ def _setup_umount(p: argparse.ArgumentParser) -> None:
 
 @command("umount", help="unmount and wait until the image is clean", setup=_setup_umount)
 def run_umount(args: argparse.Namespace) -> int:
-    from pyfs.mount import MountFailed, umount
-    try:
-        umount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
-    except MountFailed as e:
-        raise CliError(str(e)) from None
+    from pyfs.mount import umount
+    umount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
     return EXIT_OK
 
 
@@ -440,24 +511,60 @@ def _setup_stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one flat JSON object")
 
 
-@command("stats", help="print the live counters of a mounted pyfs", setup=_setup_stats)
+@command("stats", help="print the state and live counters of a mounted pyfs",
+         setup=_setup_stats)
 def run_stats(args: argparse.Namespace) -> int:
     import json
 
-    from pyfs.mount import MountFailed, format_stats, read_stats
-    try:
-        stats = read_stats(args.mountpoint)
-    except MountFailed as e:
-        raise CliError(str(e)) from None
-    print(json.dumps(stats, sort_keys=True) if args.json else format_stats(stats))
+    from pyfs.mount import format_stats, read_state, read_stats
+    stats = read_stats(args.mountpoint)
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+        return EXIT_OK
+    print(stats_summary(args.mountpoint, read_state(args.mountpoint)))
+    print("\nCounters:")
+    print(format_stats(stats))
     return EXIT_OK
+
+
+def stats_summary(mountpoint: str, state: dict) -> str:
+    """What an admin looks at first: state, space, journal, write-back lag."""
+    from pyfs.mount import log_file, mount_entry, read_pid_file
+    info = read_pid_file(mountpoint) or {}
+    entry = mount_entry(mountpoint)
+    image = info.get("image") or (entry.source if entry else "?")
+    mode = "read-write"
+    if state["read_only"]:
+        mode = f"read-only: {state['read_only_reason'] or 'read-only'}"
+    errors = f"errors={state['errors']}, {state['errors_seen']} errors"
+    if state["last_error"]:
+        errors += f" (last: {state['last_error']})"
+    st = os.statvfs(mountpoint)
+    total, avail = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    used = 1 - avail / total if total else 0.0
+    flushed = state["last_flush_ns"]
+    ago = (f"{(state['time_ns'] - flushed) / 1e9:.1f} s ago" if flushed
+           else "none since mount")
+    rows = [("State", mode), ("Image", image), ("Daemon", f"pid {info.get('pid', '?')}"),
+            ("Errors", errors),
+            ("Free space", f"{human_size(avail)} of {human_size(total)} ({used:.0%} used)"),
+            ("Journal", f"{state['journal_fill']:.0%} full of "
+                        f"{human_size(state['journal_ring_bytes'])}"),
+            ("Dirty btree nodes", str(state["dirty_nodes"])), ("Last journal flush", ago)]
+    log = Path(info.get("log") or log_file(mountpoint))
+    if log.exists() and log.stat().st_size:
+        rows.append(("Log", str(log)))
+    return "\n".join(f"{k + ':':<20}{v}" for k, v in rows)
 
 
 # --------------------------------------------------------------------------
 # pyfs dump, pyfs journal: offline inspection (pyfs/inspect.py)
 
+IMAGE_OR_MOUNT = "image file or block device, or the mount point of a mounted pyfs"
+
+
 def _setup_dump(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("image", metavar="IMAGE|MOUNTPOINT", help=IMAGE_OR_MOUNT)
     p.add_argument("--btree", "-b", required=True, metavar="NAME",
                    help="btree to list: extents, inodes, dirents, xattrs, alloc, "
                         "backpointers, freespace or lru")
@@ -465,6 +572,8 @@ def _setup_dump(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", metavar="HI:LO", help="last key (default max:max)")
     p.add_argument("--nodes", action="store_true",
                    help="print the btree's node tree instead of its keys")
+    p.add_argument("--raw", action="store_true",
+                   help="print values' fields as stored (mode=33188, times in ns, ...)")
 
 
 @command("dump", help="list a btree's keys (journal replayed in memory)", setup=_setup_dump)
@@ -481,7 +590,7 @@ def run_dump(args: argparse.Namespace) -> int:
             if args.nodes:
                 print(pi.dump_nodes(eng, bid))
             else:
-                for line in pi.dump_keys(eng, bid, start, end):
+                for line in pi.dump_keys(eng, bid, start, end, args.raw):
                     print(line)
         finally:
             dev.close()
@@ -493,8 +602,9 @@ def run_dump(args: argparse.Namespace) -> int:
 
 
 def _setup_journal(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", metavar="IMAGE", help="image file or block device")
+    p.add_argument("image", metavar="IMAGE|MOUNTPOINT", help=IMAGE_OR_MOUNT)
     p.add_argument("-v", "--verbose", action="store_true", help="list every key of each entry")
+    p.add_argument("--raw", action="store_true", help="with -v: values' fields as stored")
 
 
 @command("journal", help="list the journal entries a mount would replay",
@@ -504,7 +614,7 @@ def run_journal(args: argparse.Namespace) -> int:
     try:
         dev = pi.open_image(args.image)
         try:
-            for line in pi.journal_lines(dev, args.verbose):
+            for line in pi.journal_lines(dev, args.verbose, args.raw):
                 print(line)
         finally:
             dev.close()

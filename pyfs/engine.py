@@ -451,9 +451,24 @@ class Engine:
 
     def close(self, clean: bool = True) -> None:
         """Unmount: with clean, write everything and mark the superblock clean."""
-        if self.read_only or not clean or self.failed is not None:
-            self.dev.close()
-            return
+        if not self.read_only and clean and self.failed is None:
+            self._write_back_clean()
+        self.dev.close()
+
+    def freeze(self) -> None:
+        """remount,ro: what a clean unmount writes (the image is clean from
+        here on), then refuse commits until thaw()."""
+        self._write_back_clean()
+        self.read_only = True
+
+    def thaw(self) -> None:
+        """remount,rw after freeze(): dirty again, with a fresh reservation of
+        journal seqs (as a mount takes)."""
+        self.read_only = False
+        self.sb.state = SbState.dirty
+        self._reserve_seqs(self.journal.cur_seq)
+
+    def _write_back_clean(self) -> None:
         self.alloc.release_all()
         self.sync_all()
         if self.alloc.state.do_discards():      # emptied buckets made durable just now
@@ -466,7 +481,6 @@ class Engine:
         sb.state = SbState.clean
         sb.clean_journal_seq = self.journal.durable_seq
         write_superblock(self.dev, sb)
-        self.dev.close()
 
     # ------------------------------------------------------------ inspection
 

@@ -116,6 +116,7 @@ SbState = _make_enum("SbState", SB_STATE_TABLE)
 # Incompatible feature bits: a reader that does not know a set bit refuses the image.
 FEATURE_TABLE = [
     ("backpointers", 0),
+    ("name_seed", 1),      # the name hash seed is in the superblock extension
 ]
 Feature = _make_enum("Feature", FEATURE_TABLE)
 KNOWN_FEATURES = sum(1 << f.value for f in Feature)
@@ -156,7 +157,15 @@ SB_FIELDS = (
 _sb = struct.Struct(SB_FMT)
 SB_SIZE = 256
 assert struct.calcsize(SB_FMT) == SB_SIZE and len(SB_FIELDS) == len(_sb.unpack(bytes(SB_SIZE)))
-assert SB_SIZE <= SB_REGION
+# The extension right after the struct, present with Feature.name_seed: the
+# seed of the name hashes once the UUID (their seed until then) has changed,
+# and a checksum over the struct and the seed.
+SB_EXT_FMT = "<QQ"
+SB_EXT_SIZE = 16
+_sb_ext = struct.Struct(SB_EXT_FMT)
+assert _sb_ext.size == SB_EXT_SIZE
+SB_READ_SIZE = SB_SIZE + SB_EXT_SIZE      # what a reader reads of a superblock copy
+assert SB_READ_SIZE <= SB_REGION
 
 
 def backup_sb_offset(device_size: int) -> int:
@@ -189,11 +198,20 @@ class Superblock:
     block_size: int = BLOCK_SIZE
     seq_reserved: int = 0           # journal seqs up to this may be in use by a session
     blacklist: list = field(default_factory=list)   # [(first, last)] seqs never durable
+    name_seed: int = 0              # with Feature.name_seed: in the extension
     extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def hash_seed(self) -> int:
+        """Seed of the dirent and xattr name hashes: the UUID's first 8 bytes
+        until the UUID changes (pyfs tune), which keeps the old seed."""
+        if self.features & (1 << Feature.name_seed):
+            return self.name_seed
+        return int.from_bytes(self.uuid[:8], "little")
 
     def pack(self) -> bytes:
         vals = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("extra", "blacklist")}
+                if f.name not in ("extra", "blacklist", "name_seed")}
         vals.update(magic=MAGIC, sb_size=SB_SIZE, csum=0,
                     label=self.label.encode("utf-8"), blacklist_nr=len(self.blacklist))
         for i in range(SB_BLACKLIST_MAX):
@@ -201,7 +219,11 @@ class Superblock:
             vals[f"blacklist{i}_start"], vals[f"blacklist{i}_end"] = a, b
         raw = _sb.pack(*(vals[n] for n in SB_FIELDS))
         csum = checksum(raw[:-8])
-        return raw[:-8] + struct.pack("<Q", csum)
+        raw = raw[:-8] + struct.pack("<Q", csum)
+        if self.features & (1 << Feature.name_seed):
+            seed = struct.pack("<Q", self.name_seed)
+            raw += seed + struct.pack("<Q", checksum(raw, seed))
+        return raw
 
     @classmethod
     def unpack(cls, raw: bytes, offset: int = SB_OFFSET,
@@ -209,7 +231,7 @@ class Superblock:
         """Decode and validate every field; raise FormatError on anything wrong."""
         if len(raw) < SB_SIZE:
             raise FormatError("superblock: short read", offset)
-        raw = raw[:SB_SIZE]
+        raw, raw_ext = raw[:SB_SIZE], raw[SB_SIZE:]
         vals = dict(zip(SB_FIELDS, _sb.unpack(raw), strict=True))
         if vals["magic"] != MAGIC:
             raise FormatError("superblock: bad magic (not a pyfs image)", offset)
@@ -239,7 +261,18 @@ class Superblock:
         problem = sb.validate(device_size)
         if problem:
             raise FormatError(f"superblock: {problem}", offset)
+        if sb.features & (1 << Feature.name_seed):
+            sb.name_seed = cls._unpack_ext(raw_ext, raw, offset)
         return sb
+
+    @staticmethod
+    def _unpack_ext(ext: bytes, raw: bytes, offset: int) -> int:
+        if len(ext) < SB_EXT_SIZE:
+            raise FormatError("superblock: short read of the extension", offset)
+        seed, csum = _sb_ext.unpack(ext[:SB_EXT_SIZE])
+        if checksum(raw, ext[:8]) != csum:
+            raise FormatError("superblock: extension checksum mismatch", offset)
+        return seed
 
     def validate(self, device_size: int | None = None) -> str | None:
         """Return a description of the first inconsistent field, or None."""

@@ -8,10 +8,21 @@ serves every waiter whose commit it covers).
 
 Direct I/O and the page cache: see DirectIO.
 
-errors=ro: an unexpected exception (BtreeError, FormatError, a bug) marks the
-filesystem failed: it turns read-only (writes get EROFS), stops writing the
-journal (so a half-applied transaction never becomes durable) and unmounts
-without the clean flag, so the next mount replays the last durable state.
+Errors: a request that raises something other than an errno answers EIO.
+Device I/O errors and on-disk corruption are filesystem errors: with
+errors=remount-ro (the default) the filesystem turns read-only (writes get
+EROFS), stops writing the journal and unmounts without the clean flag, so the
+next mount replays the last durable state; errors=continue fails only the
+request. Any other exception (a bug) fails only its request either way, since
+every commit is whole or not at all. But once a commit failed part way (the
+engine stopped) or a journal flush failed, nothing more may be written,
+whatever the policy.
+
+Virtual xattrs of the mount root: `pyfs.stats` (counters) and `pyfs.state`
+(read-only or not and why, errors policy, journal fill, last flush) are read
+by `pyfs stats`; root writes `pyfs.control` to remount (`ro`, `rw`,
+`errors=...`, `atime`, `noatime`) and to make everything committed durable
+(`sync`), since the kernel does not tell a FUSE daemon about a remount.
 """
 
 from __future__ import annotations
@@ -39,6 +50,9 @@ log = logging.getLogger("pyfs.fuse")
 ENTRY_TIMEOUT = 60.0
 ATTR_TIMEOUT = 60.0
 STATS_XATTR = b"pyfs.stats"
+STATE_XATTR = b"pyfs.state"
+CONTROL_XATTR = b"pyfs.control"
+ERRORS_POLICIES = ("remount-ro", "continue")
 
 
 def entry(attr: Attr) -> pyfuse3.EntryAttributes:
@@ -133,6 +147,7 @@ class Flusher:
         self.running: trio.Event | None = None
         self.waiting: list[int] = []
         self.failed: BaseException | None = None
+        self.last_flush_ns = 0          # wall clock of the last completed flush
         eng.counters.setdefault("journal_flush_waiters", 0)
 
     def dirty(self) -> bool:
@@ -171,6 +186,7 @@ class Flusher:
             durable = await self.eng.flush_async(self.run_sync)
             self.eng.counters["journal_flush_waiters"] += sum(
                 1 for s in self.waiting if s <= durable)
+            self.last_flush_ns = time.time_ns()
         except BaseException as e:
             if not isinstance(e, trio.Cancelled):
                 self.failed = e
@@ -261,18 +277,24 @@ class Operations(pyfuse3.Operations):
     enable_acl = True          # FUSE_POSIX_ACL: the kernel checks ACLs, we keep them (fs/acl.py)
 
     def __init__(self, fs: Filesystem, flusher: Flusher, *,
-                 on_fatal: Callable[[BaseException], None] | None = None):
+                 on_fatal: Callable[[BaseException], None] | None = None,
+                 errors: str = "remount-ro"):
         super().__init__()
         self.fs = fs
         self.eng = fs.eng
         self.flusher = flusher
         self.on_fatal = on_fatal
+        self.errors = errors
         self.failed: BaseException | None = None
+        self.last_error: str | None = None
+        self.mounted_ro = fs.read_only
+        self.ro_reason: str | None = "mounted read-only (-o ro)" if fs.read_only else None
         self.files: dict[int, tuple[int, int]] = {}      # fh -> (inum, opener uid)
         self.dio = DirectIO(self.eng.counters)
         self.dirs: dict[int, int] = {}                   # fh -> inum
         self.next_fh = 1
-        self.eng.counters.setdefault("fuse_flush_requests", 0)
+        for name in ("fuse_flush_requests", "fs_errors", "fs_remounts"):
+            self.eng.counters.setdefault(name, 0)
 
     # ------------------------------------------------------------ plumbing
 
@@ -286,29 +308,32 @@ class Operations(pyfuse3.Operations):
         except pyfuse3.FUSEError:
             raise
         except Exception as e:
-            self.unexpected(e)
+            self.error(e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def unexpected(self, exc: Exception) -> None:
-        """A handler (or housekeeping) raised something that is not an errno.
-        A device error, on-disk corruption or an engine that stopped writing
-        (a commit failed part way) is fatal; any other exception left nothing
-        half-done (every commit is whole or not at all), so only this request
-        fails (EIO) and the filesystem stays writable."""
-        if stops_writes(exc, self.eng):
-            self.fatal(exc)
+    def error(self, exc: BaseException) -> None:
+        """An unexpected exception in a request or a background task. Only device
+        errors and corruption are filesystem errors (errors= decides); anything
+        else left nothing half-done, as every commit is whole or not at all.
+        A commit that failed part way (the engine stopped) or a failed journal
+        flush stops all writing whatever the policy."""
+        self.eng.counters["fs_errors"] += 1
+        self.last_error = repr(exc)
+        must_stop = self.eng.failed is not None or self.flusher.failed is not None
+        if not must_stop and (self.errors == "continue" or not stops_writes(exc, self.eng)):
+            log.error("pyfs: request failed (the filesystem stays writable): %r", exc,
+                      exc_info=exc)
             return
-        self.eng.counters["fuse_request_errors"] = (
-            self.eng.counters.get("fuse_request_errors", 0) + 1)
-        log.error("pyfs: request failed: %r", exc, exc_info=exc)
+        self.fatal(exc)
 
     def fatal(self, exc: BaseException) -> None:
-        """errors=ro: log, stop changes and journal writes."""
+        """errors=remount-ro: log, stop changes and journal writes."""
         if self.failed is None:
             self.failed = exc
             log.critical("pyfs: fatal error, filesystem is now read-only: %r", exc,
                          exc_info=exc)
             self.eng.counters["fs_fatal_errors"] = 1
+            self.ro_reason = f"stopped after an error: {exc!r}"
         self.fs.set_read_only()
         self.flusher.stop()
         if self.on_fatal is not None:
@@ -480,13 +505,20 @@ class Operations(pyfuse3.Operations):
         return True         # default_permissions: the kernel checks
 
     async def setxattr(self, inode, name, value, ctx):
-        if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
+        if inode == pyfuse3.ROOT_INODE and name in (STATS_XATTR, STATE_XATTR):
             raise pyfuse3.FUSEError(errno.EPERM)
+        if inode == pyfuse3.ROOT_INODE and name == CONTROL_XATTR:
+            if ctx.uid != 0:
+                raise pyfuse3.FUSEError(errno.EPERM)
+            await self.control(bytes(value).decode(errors="replace"))
+            return
         self._call(self.fs.setxattr, inode, name, value)
 
     async def getxattr(self, inode, name, ctx):
         if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
             return self.stats_json().encode()
+        if inode == pyfuse3.ROOT_INODE and name == STATE_XATTR:
+            return json.dumps(self.state(), sort_keys=True).encode()
         return self._call(self.fs.getxattr, inode, name)
 
     async def listxattr(self, inode, ctx):
@@ -500,3 +532,70 @@ class Operations(pyfuse3.Operations):
         s["fs_read_only"] = int(self.fs.read_only)
         s["time_ns"] = time.time_ns()
         return json.dumps(s, sort_keys=True)
+
+    def state(self) -> dict:
+        """What `pyfs stats` summarises beside the counters."""
+        j = self.eng.journal
+        return {"read_only": self.fs.read_only, "read_only_reason": self.ro_reason,
+                "errors": self.errors, "errors_seen": self.eng.counters["fs_errors"],
+                "last_error": self.last_error, "journal_fill": round(j.fill_ratio(), 4),
+                "journal_ring_bytes": j.ring,
+                "dirty_nodes": len(self.eng.btrees.dirty),
+                "last_flush_ns": self.flusher.last_flush_ns, "atime": self.fs.atime,
+                "time_ns": time.time_ns()}
+
+    # ------------------------------------------------------------ remount
+
+    async def control(self, cmd: str) -> None:
+        """A command written to pyfs.control by `mount -o remount` or `pyfs`."""
+        if cmd == "sync":
+            if not self.fs.read_only:
+                await self.flusher.flush()
+        elif cmd == "ro":
+            await self.freeze()
+        elif cmd == "rw":
+            self.thaw()
+        elif cmd in ("atime", "noatime"):
+            self.fs.atime = cmd == "atime"
+        elif cmd.startswith("errors=") and cmd[7:] in ERRORS_POLICIES:
+            self.errors = cmd[7:]
+        else:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+
+    async def freeze(self) -> None:
+        """remount,ro: write everything back, leave the image clean, then
+        refuse changes (EROFS) until thaw()."""
+        if self.fs.read_only:
+            return
+        while self.flusher.running is not None:
+            await self.flusher.running.wait()
+        # No await from here on: no request can slip in between.
+        try:
+            self.eng.freeze()
+        except Exception as e:
+            self.fatal(e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        self.fs.set_read_only()
+        self.flusher.last_flush_ns = time.time_ns()
+        self.ro_reason = "remounted read-only"
+        self.eng.counters["fs_remounts"] += 1
+        log.info("remounted read-only; the image is clean")
+
+    def thaw(self) -> None:
+        """remount,rw: EIO after a fatal error, EROFS for a mount made with ro
+        (its device is open read-only)."""
+        if self.failed is not None:
+            raise pyfuse3.FUSEError(errno.EIO)
+        if self.mounted_ro:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if not self.fs.read_only:
+            return
+        try:
+            self.eng.thaw()
+        except Exception as e:
+            self.fatal(e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        self.fs.set_read_write()
+        self.ro_reason = None
+        self.eng.counters["fs_remounts"] += 1
+        log.info("remounted read-write")

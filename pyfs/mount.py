@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ log = logging.getLogger("pyfs.mount")
 HOUSEKEEPING_S = 0.2            # reclaim / evict / discard / copygc cadence
 DISCARDS_PER_TICK = 256
 UMOUNT_TIMEOUT_S = 120.0
+FSTYPE = "fuse.pyfs"            # what the kernel calls a pyfs mount (subtype=pyfs)
 
 
 class MountFailed(Exception):
@@ -41,14 +43,23 @@ class MountFailed(Exception):
 # --------------------------------------------------------------------------
 # Options
 
-# Generic mount flags handed through to the kernel mount (libfuse parses them).
-PASSTHROUGH = {"nosuid", "suid", "nodev", "dev", "noexec", "exec", "async", "sync",
-               "dirsync", "diratime", "nodiratime", "lazytime", "nolazytime", "allow_root",
-               "auto_unmount"}
-# What mount(8) and fstab add that means nothing to us.
+# Generic flags libfuse's mount accepts: handed through to the kernel mount.
+FUSE_FLAGS = {"nosuid", "suid", "nodev", "dev", "noexec", "exec", "async", "sync",
+              "dirsync", "allow_root", "auto_unmount"}
+# mount.fuse3's ignore list plus what mount(8) and fstab add: nothing to do.
 IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group",
-           "_netdev", "nofail", "relatime", "norelatime", "atime", "strictatime",
-           "nostrictatime", "errors=ro", "default_permissions"}
+           "_netdev", "nofail", "default_permissions"}
+# Generic flags libfuse rejects (its mount fails with them), answered here:
+# pyfs updates atimes itself (relatime, on file reads; never on directories,
+# so [no]diratime changes nothing), and timestamps reach the disk with the
+# journal like every other change, which is what lazytime asks for.
+ATIME_FLAGS = {"atime", "relatime", "strictatime", "norelatime", "nostrictatime"}
+NO_EFFECT = {"lazytime", "nolazytime", "diratime", "nodiratime"}
+# What errors= accepts (ro: the old name of remount-ro).
+ERRORS = {"continue": "continue", "remount-ro": "remount-ro", "ro": "remount-ro"}
+# Options a remount can change; the rest of what mount(8) hands a remount
+# helper (the options in mountinfo and fstab) is left as it is.
+REMOUNT_CHANGES = {"ro", "rw", "noatime", "errors"} | ATIME_FLAGS
 
 
 @dataclass
@@ -63,6 +74,7 @@ class MountOptions:
     noatime: bool = False
     discard: bool = True
     foreground: bool = False
+    errors: str = "remount-ro"
     passthrough: list[str] = field(default_factory=list)
 
     def fuse_options(self, image: str) -> set[str]:
@@ -104,39 +116,92 @@ def _size_opt(name: str, val: str) -> int:
         raise MountFailed(f"mount option {name}: {e}") from None
 
 
-def parse_options(texts: list[str] | str | None) -> MountOptions:
-    """Parse -o option strings ("ro,flush_delay_ms=500"); unknown ones are errors."""
+def _errors_opt(val: str) -> str:
+    if val == "panic":
+        raise MountFailed("mount option errors=panic is not supported: a FUSE filesystem "
+                          "cannot panic the kernel; use errors=remount-ro or errors=continue")
+    if val not in ERRORS:
+        raise MountFailed(f"mount option errors={val}: expected continue or remount-ro")
+    return ERRORS[val]
+
+
+def _flag(o: MountOptions, name: str) -> bool:
+    """Apply a valueless option; False if it is not one."""
+    if name in ("ro", "rw"):
+        o.ro = name == "ro"
+    elif name in ("discard", "nodiscard"):
+        o.discard = name == "discard"
+    elif name in ("allow_other", "debug", "foreground"):
+        setattr(o, name, True)
+    elif name == "noatime":
+        o.noatime = True
+    elif name in ATIME_FLAGS:
+        o.noatime = False
+    elif name in FUSE_FLAGS:
+        o.passthrough.append(name)
+    else:
+        return name in NO_EFFECT or name in IGNORED
+    return True
+
+
+def _valued(o: MountOptions, name: str, val: str) -> bool:
+    """Apply a name=value option; False if it is not one."""
+    if name == "flush_delay_ms":
+        o.flush_delay_ms = _int_opt(name, val, 1)
+    elif name == "cache_nodes":
+        o.cache_nodes = _int_opt(name, val, 16)
+    elif name == "btree_write_buffer":
+        o.btree_write_buffer = _size_opt(name, val)
+    elif name == "fsname":
+        o.fsname = val
+    elif name == "errors":
+        o.errors = _errors_opt(val)
+    else:
+        return False
+    return True
+
+
+def split_options(texts: list[str] | str | None) -> list[str]:
+    """'a,b' strings (one per -o) -> the list of non-empty items."""
     if isinstance(texts, str):
         texts = [texts]
+    return [s.strip() for text in texts or [] for s in text.split(",") if s.strip()]
+
+
+def parse_options(texts: list[str] | str | None, sloppy: bool = False) -> MountOptions:
+    """Parse -o option strings ("ro,flush_delay_ms=500"); unknown ones are
+    errors (ignored with sloppy, as mount -s asks)."""
     o = MountOptions()
-    for text in texts or []:
-        for item in filter(None, (s.strip() for s in text.split(","))):
-            name, eq, val = item.partition("=")
-            if item in IGNORED or name.startswith("x-") or name == "comment":
-                continue
-            if not eq and name in ("ro", "rw", "allow_other", "debug", "noatime",
-                                   "discard", "nodiscard", "foreground"):
-                if name in ("ro", "rw"):
-                    o.ro = name == "ro"
-                elif name in ("discard", "nodiscard"):
-                    o.discard = name == "discard"
-                else:
-                    setattr(o, name, True)
-            elif eq and name == "flush_delay_ms":
-                o.flush_delay_ms = _int_opt(name, val, 1)
-            elif eq and name == "cache_nodes":
-                o.cache_nodes = _int_opt(name, val, 16)
-            elif eq and name == "btree_write_buffer":
-                o.btree_write_buffer = _size_opt(name, val)
-            elif eq and name == "fsname":
-                o.fsname = val
-            elif eq and name == "errors":
-                raise MountFailed(f"mount option errors={val}: only errors=ro is supported")
-            elif not eq and item in PASSTHROUGH:
-                o.passthrough.append(item)
-            else:
-                raise MountFailed(f"unknown mount option {item!r}")
+    for item in split_options(texts):
+        name, eq, val = item.partition("=")
+        if name.startswith("x-") or name == "comment":
+            continue
+        known = _valued(o, name, val) if eq else _flag(o, name)
+        if not known and not sloppy:
+            raise MountFailed(f"unknown mount option {item!r}")
     return o
+
+
+def parse_remount_options(items: list[str]) -> dict:
+    """What a remount changes: {"ro": bool, "errors": str, "noatime": bool},
+    each only if asked for. mount(8) hands the helper the mount's current
+    options too (user_id=, allow_other, fstab's own); those cannot change and
+    are left alone."""
+    changes: dict = {}
+    for item in items:
+        name, eq, val = item.partition("=")
+        if name not in REMOUNT_CHANGES:
+            continue
+        o = MountOptions()
+        if eq:
+            _valued(o, name, val)
+            changes["errors"] = o.errors
+        elif name in ("ro", "rw"):
+            changes["ro"] = name == "ro"
+        else:
+            _flag(o, name)
+            changes["noatime"] = o.noatime
+    return changes
 
 
 # --------------------------------------------------------------------------
@@ -171,21 +236,53 @@ def read_pid_file(mountpoint: str) -> dict | None:
         return None
 
 
-def is_mounted(mountpoint: str) -> bool:
-    target = os.path.realpath(mountpoint)
+@dataclass
+class MountEntry:
+    """One line of /proc/self/mountinfo."""
+    mountpoint: str
+    fstype: str
+    source: str
+    options: list[str]          # per-mount options, then the superblock's
+
+
+def mount_entry(path: str) -> MountEntry | None:
+    """The topmost mount on path (a mount point, not a path inside one)."""
+    target = os.path.realpath(path)
+    found = None
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
-                parts = line.split()
-                if len(parts) > 4 and _unescape(parts[4]) == target:
-                    return True
+                fields, _sep, tail = line.partition(" - ")
+                parts, rest = fields.split(), tail.split()
+                if len(parts) > 5 and len(rest) > 2 and _unescape(parts[4]) == target:
+                    found = MountEntry(target, rest[0], _unescape(rest[1]),
+                                       parts[5].split(",") + rest[2].split(","))
     except OSError:
         pass
-    return False
+    return found
+
+
+def is_mounted(mountpoint: str) -> bool:
+    return mount_entry(mountpoint) is not None
+
+
+def require_pyfs_mount(path: str) -> MountEntry:
+    """The pyfs mount on path, or MountFailed saying what path is instead."""
+    e = mount_entry(path)
+    if e is None:
+        what = "not mounted" if os.path.isdir(path) else "not a directory"
+        raise MountFailed(f"{path} is {what}; expected the mount point of a pyfs filesystem")
+    if e.fstype != FSTYPE:
+        raise MountFailed(f"{path} is not a pyfs mount: it is a {e.fstype} mount of "
+                          f"{e.source}; refusing to touch it")
+    return e
 
 
 def _unescape(path: str) -> str:
-    return path.encode().decode("unicode_escape") if "\\" in path else path
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    if "\\" not in path:
+        return path
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), path)
 
 
 # --------------------------------------------------------------------------
@@ -331,7 +428,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, notify_fd: int | None
     pidf = pid_file(mountpoint)
     flush_thread = FlushThread()
     flusher = Flusher(eng, run_sync=flush_thread.run_sync)
-    ops = Operations(fs, flusher)
+    ops = Operations(fs, flusher, errors=opts.errors)
     try:
         pyfuse3.init(ops, mountpoint, opts.fuse_options(image))
     except Exception as e:
@@ -414,7 +511,7 @@ async def _background(ops, opts: MountOptions) -> None:
         except trio.Cancelled:
             raise
         except Exception as e:
-            ops.unexpected(e)       # fatal only for device errors and corruption
+            ops.error(e)            # fatal only for device errors and corruption
 
 
 def _housekeeping(eng) -> None:
@@ -437,19 +534,13 @@ def umount(mountpoint: str, timeout: float = UMOUNT_TIMEOUT_S, lazy: bool = Fals
     """Unmount, then wait until the daemon has written everything back and exited."""
     mnt = os.path.realpath(mountpoint)
     info = read_pid_file(mnt)
-    if not is_mounted(mnt):
+    entry = mount_entry(mnt)
+    if entry is None:
         if info is None or not _alive(info.get("pid", 0)):
             raise MountFailed(f"{mountpoint} is not mounted")
     else:
-        cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mnt]
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True)
-        except FileNotFoundError:
-            r = subprocess.run(["umount"] + (["-l"] if lazy else []) + [mnt],
-                               capture_output=True, text=True)
-        if r.returncode:
-            msg = (r.stderr or r.stdout).strip().splitlines()
-            raise MountFailed(msg[-1] if msg else f"unmounting {mnt} failed")
+        require_pyfs_mount(mnt)                 # never unmount what is not ours
+        _unmount(mnt, lazy)
     if info is None:
         return
     pid = info.get("pid", 0)
@@ -460,6 +551,18 @@ def umount(mountpoint: str, timeout: float = UMOUNT_TIMEOUT_S, lazy: bool = Fals
                               f"after {timeout:g} s; it is still running")
         time.sleep(0.05)
     _check_released(info.get("image"), mnt)
+
+
+def _unmount(mnt: str, lazy: bool) -> None:
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mnt]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        r = subprocess.run(["umount"] + (["-l"] if lazy else []) + [mnt],
+                           capture_output=True, text=True)
+    if r.returncode:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        raise MountFailed(msg[-1] if msg else f"unmounting {mnt} failed")
 
 
 def _alive(pid: int) -> bool:
@@ -496,17 +599,108 @@ def _check_released(image: str | None, mnt: str) -> None:
                           "the next mount will replay its journal")
 
 
-def read_stats(mountpoint: str) -> dict:
-    from .fuse import STATS_XATTR
+def _root_xattr(mountpoint: str, name: bytes) -> dict:
+    require_pyfs_mount(mountpoint)
     try:
-        raw = os.getxattr(mountpoint, STATS_XATTR.decode())
+        raw = os.getxattr(mountpoint, name.decode())
     except OSError as e:
         if e.errno in (errno.ENODATA, errno.EOPNOTSUPP, errno.ENOTSUP):
             raise MountFailed(f"{mountpoint} is not the root of a pyfs mount") from None
         raise MountFailed(f"{mountpoint}: {e.strerror}") from None
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise MountFailed(f"{mountpoint}: the daemon sent no JSON in {name.decode()}") from None
+
+
+def read_stats(mountpoint: str) -> dict:
+    from .fuse import STATS_XATTR
+    return _root_xattr(mountpoint, STATS_XATTR)
+
+
+def read_state(mountpoint: str) -> dict:
+    from .fuse import STATE_XATTR
+    return _root_xattr(mountpoint, STATE_XATTR)
 
 
 def format_stats(stats: dict) -> str:
     width = max(map(len, stats), default=0)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in sorted(stats.items()))
+
+
+# --------------------------------------------------------------------------
+# Remounting and other commands to a running daemon
+
+_CONTROL_ERRORS = {
+    errno.EROFS: "it was mounted read-only (ro), its image is open read-only; unmount it "
+                 "and mount it again without ro",
+    errno.EIO: "the filesystem stopped after an error (see `pyfs stats`); unmount it, "
+               "run fsck and mount it again",
+    errno.EPERM: "only root may remount a pyfs filesystem",
+}
+
+
+def control(mountpoint: str, command: str) -> None:
+    """Write a command to the daemon (see pyfs/fuse.py, pyfs.control)."""
+    from .fuse import CONTROL_XATTR
+    try:
+        os.setxattr(mountpoint, CONTROL_XATTR.decode(), command.encode())
+    except OSError as e:
+        why = _CONTROL_ERRORS.get(e.errno, e.strerror)
+        raise MountFailed(f"{mountpoint}: cannot {command}: {why}") from None
+
+
+def sync(mountpoint: str) -> None:
+    """Make everything the daemon has committed durable (before reading the
+    image from outside). A read-only mount has nothing to write."""
+    from .fuse import CONTROL_XATTR
+    try:
+        os.setxattr(mountpoint, CONTROL_XATTR.decode(), b"sync")
+    except OSError as e:
+        if e.errno != errno.EROFS:
+            raise MountFailed(f"{mountpoint}: cannot sync: {e.strerror}") from None
+
+
+def remount(mountpoint: str, options: list[str]) -> None:
+    """mount -o remount,...: the kernel does not tell a FUSE daemon about a
+    remount, so tell the daemon (it writes back and stops writing, or resumes)
+    while the kernel mount is writable, and remount the kernel's side."""
+    e = require_pyfs_mount(mountpoint)
+    mnt = e.mountpoint
+    changes = parse_remount_options(options)
+    kernel_ro = e.options[0] == "ro"
+    want_ro = changes.get("ro", kernel_ro)
+    if not want_ro:
+        _kernel_remount(mnt, options, ro=False)
+    if not (kernel_ro and want_ro):             # pyfs.control needs a writable mount
+        if "errors" in changes:
+            control(mnt, f"errors={changes['errors']}")
+        if "noatime" in changes:
+            control(mnt, "noatime" if changes["noatime"] else "atime")
+    if want_ro:
+        control(mnt, "ro")
+        try:
+            _kernel_remount(mnt, options, ro=True)
+        except MountFailed:
+            if not kernel_ro:
+                control(mnt, "rw")
+            raise
+        return
+    try:
+        control(mnt, "rw")
+    except MountFailed:
+        if kernel_ro:
+            _kernel_remount(mnt, options, ro=True)
+        raise
+
+
+def _kernel_remount(mnt: str, options: list[str], ro: bool) -> None:
+    """The VFS side of a remount, by mount(8) itself (-i: no helper, so not us
+    again), with the options mount(8) gave us: it keeps nosuid, nodev, ..."""
+    opts = [o for o in options if o not in ("ro", "rw", "remount")] + ["remount"]
+    opts.append("ro" if ro else "rw")
+    r = subprocess.run(["mount", "-i", "-o", ",".join(opts), mnt], capture_output=True,
+                       text=True)
+    if r.returncode:
+        msg = (r.stderr or r.stdout).strip().splitlines()    # then a hint about dmesg
+        raise MountFailed(msg[0].strip() if msg else f"remounting {mnt} failed")

@@ -18,6 +18,7 @@ from pyfs.format import (
     SB_FIELDS,
     SB_FMT,
     SB_OFFSET,
+    SB_READ_SIZE,
     SB_REGION,
     SB_SIZE,
     FormatError,
@@ -48,7 +49,7 @@ def _read_copy(dev: Device, offset: int) -> Superblock:
     """Read and fully validate the superblock copy at offset."""
     if offset < 0 or offset + SB_SIZE > dev.size:
         raise FormatError("superblock: beyond the end of the device", offset)
-    raw = dev.pread(SB_SIZE, offset)
+    raw = dev.pread(min(SB_READ_SIZE, dev.size - offset), offset)
     return Superblock.unpack(raw, offset, device_size=dev.size)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot set-up of pyfs on Debian 12, as root:
 #   1. apt packages (skipped when all are already installed),
-#   2. .venv with pyfs installed editable plus the test and bench extras,
+#   2. .venv with pyfs installed editable plus the test and bench extras, and
+#      the mount(8)/fsck(8)/mkfs(8) helpers linked into /sbin,
 #   3. pyfs's main job on the default image images/pyfs.img.
 # --install-only stops after step 2 (used by scripts/test.sh and .ci/run).
 # Safe to re-run: every step skips work that is already done.
@@ -102,8 +103,28 @@ install_python_env() {
     echo "$want" >"$stamp"
 }
 
+# ---------------------------------------------------------------------------
+# 2b. The helpers mount(8), fsck(8) and mkfs(8) look for in /sbin:
+# mount.pyfs (mount -t pyfs), mount.fuse.pyfs (mount -t fuse.pyfs and fstab
+# lines of that type), fsck.pyfs, fsck.fuse.pyfs (fsck -A on such lines) and
+# mkfs.pyfs, linked to this .venv.
+
+install_helpers() {
+    local sudo=()
+    if ((EUID != 0)); then
+        if ! command -v sudo >/dev/null; then
+            say "not root: skipping the mount(8)/fsck(8)/mkfs(8) helpers in /sbin"
+            return
+        fi
+        sudo=(sudo)
+    fi
+    say "linking mount.pyfs, mount.fuse.pyfs, fsck.pyfs, fsck.fuse.pyfs and mkfs.pyfs into /sbin"
+    "${sudo[@]}" "$VENV/bin/pyfs" install-helpers --dir /sbin -q
+}
+
 install_system_packages
 install_python_env
+install_helpers
 if ((INSTALL_ONLY)); then
     say "install done"
     exit 0

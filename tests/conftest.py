@@ -13,10 +13,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from pyfs.device import MemDevice
+from pyfs.device import MemDevice, open_device
 from pyfs.engine import Engine
 from pyfs.fs import Filesystem
 from pyfs.mkfs import format_device
@@ -80,6 +81,33 @@ def make_fsenv():
 @pytest.fixture
 def fsenv(make_fsenv) -> FsEnv:
     return make_fsenv()
+
+
+# --------------------------------------------------------------------------
+# Loop devices
+
+@pytest.fixture
+def loop_device(tmp_path) -> Iterator[tuple[str, str]]:
+    """(loop device, backing file) of 8 MiB, or skip when loop devices are
+    unavailable; in CI that is a failure unless PYFS_SKIP_LOOP=1 says so."""
+    backing = tmp_path / "backing"
+    open_device(str(backing), create_size=8 * MiB).close()
+    try:
+        res = subprocess.run(["losetup", "-f", "--show", str(backing)],
+                             capture_output=True, text=True, timeout=30)
+        reason = res.stderr.strip() or f"exit status {res.returncode}"
+        loop = res.stdout.strip() if res.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        reason, loop = str(e), None
+    if loop is None:
+        msg = f"loop devices unavailable ({reason}); BLKGETSIZE64 is covered by the mocked test"
+        if os.environ.get("CI") == "true" and os.environ.get("PYFS_SKIP_LOOP") != "1":
+            pytest.fail(f"{msg}; in CI set PYFS_SKIP_LOOP=1 to skip deliberately")
+        pytest.skip(msg)
+    try:
+        yield loop, str(backing)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False, timeout=30)
 
 
 # --------------------------------------------------------------------------

@@ -255,30 +255,6 @@ def test_exclusive_lock_across_processes(tmp_path):
 # Block devices
 
 
-@pytest.fixture
-def loop_device(tmp_path) -> Iterator[tuple[str, str]]:
-    """(loop device, backing file) of 8 MiB, or skip when loop devices are
-    unavailable; in CI that is a failure unless PYFS_SKIP_LOOP=1 says so."""
-    backing = tmp_path / "backing"
-    open_device(str(backing), create_size=8 * MiB).close()
-    try:
-        res = subprocess.run(["losetup", "-f", "--show", str(backing)],
-                             capture_output=True, text=True, timeout=30)
-        reason = res.stderr.strip() or f"exit status {res.returncode}"
-        loop = res.stdout.strip() if res.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired) as e:
-        reason, loop = str(e), None
-    if loop is None:
-        msg = f"loop devices unavailable ({reason}); BLKGETSIZE64 is covered by the mocked test"
-        if os.environ.get("CI") == "true" and os.environ.get("PYFS_SKIP_LOOP") != "1":
-            pytest.fail(f"{msg}; in CI set PYFS_SKIP_LOOP=1 to skip deliberately")
-        pytest.skip(msg)
-    try:
-        yield loop, str(backing)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False, timeout=30)
-
-
 def test_loop_block_device(loop_device):
     loop, backing = loop_device
     with open_device(loop) as dev:

@@ -63,16 +63,39 @@ def superblocks(draw) -> Superblock:
         compat_features=draw(U64), state=draw(st.sampled_from(list(F.SbState))),
         clean_journal_seq=draw(U64), ctime_ns=draw(U64), mtime_ns=draw(U64),
         wtime_ns=draw(U64), mount_count=draw(st.integers(0, 2**32 - 1)),
-        write_count=draw(st.integers(0, 2**32 - 1)))
+        write_count=draw(st.integers(0, 2**32 - 1)), name_seed=draw(U64))
 
 
 @given(superblocks())
 def test_superblock_round_trip(sb):
+    if not sb.features & (1 << F.Feature.name_seed):
+        sb.name_seed = 0                    # not stored without the feature
     raw = sb.pack()
-    assert len(raw) == F.SB_SIZE
+    assert len(raw) == F.SB_SIZE + (F.SB_EXT_SIZE if sb.features & (1 << F.Feature.name_seed)
+                                    else 0)
     back = Superblock.unpack(raw, device_size=sb.device_size)
     assert back == sb
     assert back.pack() == raw
+
+
+def test_superblock_name_seed_extension():
+    sb = make_sb()
+    assert sb.hash_seed == int.from_bytes(sb.uuid[:8], "little")
+    seeded = make_sb(features=sb.features | 1 << F.Feature.name_seed, name_seed=77,
+                     uuid=bytes(range(16, 32)))
+    raw = seeded.pack()
+    back = Superblock.unpack(raw, device_size=1 << 30)
+    assert back.hash_seed == 77 and back.uuid == bytes(range(16, 32))
+    with pytest.raises(FormatError, match="short read of the extension"):
+        Superblock.unpack(raw[:F.SB_SIZE], device_size=1 << 30)
+    for i, _bit, bad in _bits(raw):
+        if i >= F.SB_SIZE:
+            with pytest.raises(FormatError, match="extension checksum"):
+                Superblock.unpack(bad, device_size=1 << 30)
+    # The checksum binds the extension to its struct: an older copy's does not fit.
+    other = make_sb(features=seeded.features, name_seed=77, label="x").pack()
+    with pytest.raises(FormatError, match="extension checksum"):
+        Superblock.unpack(raw[:F.SB_SIZE] + other[F.SB_SIZE:], device_size=1 << 30)
 
 
 def test_superblock_to_text_names_the_essentials():
@@ -496,4 +519,4 @@ def test_superblock_dataclass_fields_all_packed(sb):
     # blacklist list is packed as blacklist_nr plus fixed range slots.
     slots = {n for n in F.SB_FIELDS if n.startswith("blacklist")}
     packed = set(F.SB_FIELDS) - {"magic", "sb_size", "csum"} - slots | {"blacklist"}
-    assert {f.name for f in dataclasses.fields(sb)} - {"extra"} == packed
+    assert {f.name for f in dataclasses.fields(sb)} - {"extra", "name_seed"} == packed

@@ -598,7 +598,7 @@ def test_version(capsys):
 
 def test_mount_helper_usage_error(capsys):
     # mount(8) calls `mount.pyfs IMAGE DIR -o OPTS`; missing arguments are a usage error.
-    assert cli.mount_main([]) == 2
+    assert cli.mount_main([]) == 1          # mount(8): 1 is incorrect invocation
     assert "IMAGE" in capsys.readouterr().err
 
 

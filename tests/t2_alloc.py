@@ -219,8 +219,10 @@ def test_usage_command(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["by_type"]["user"] >= 1 and rep["by_type"]["btree"] >= 1
     assert rep["live_bytes"] >= 10 * 50000
+    assert rep["allocator"]["buckets"] == rep["buckets"]         # Allocator.usage(), as is
     assert main(["usage", path]) == 0
-    assert "Fragmentation" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Fragmentation" in out and "\nAllocator:\n" in out and " reserve: " in out
     (tmp_path / "junk").write_bytes(b"x" * 10000)
     assert main(["usage", str(tmp_path / "junk")]) == 1
     assert "not a usable pyfs filesystem" in capsys.readouterr().err

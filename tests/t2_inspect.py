@@ -13,8 +13,19 @@ import pytest
 from pyfs import cli
 from pyfs.device import MemDevice, OverlayDevice, open_device
 from pyfs.engine import Engine
-from pyfs.format import MAX_KEY, Inode, KeyType, key_to_text, pack_key
-from pyfs.inspect import InspectError, open_image, parse_pos
+from pyfs.format import (
+    MAX_KEY,
+    Alloc,
+    Backpointer,
+    DataType,
+    Dirent,
+    Inode,
+    KeyType,
+    Xattr,
+    key_to_text,
+    pack_key,
+)
+from pyfs.inspect import InspectError, decoded, open_image, parse_pos, when
 from pyfs.mkfs import format_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,10 +77,13 @@ def test_dump_lists_keys(tmp_path, capsys, crash):
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == len(want)
-    assert lines[0].startswith("0:0 inode mode=33188 ")
+    assert lines[0].startswith("0:0 inode mode=-rw-r--r-- (100644) uid=0 gid=0 nlink=1 ")
     assert f"{key_to_text(pack_key(5, 3))} inode " in out and " size=15 " in out
+    assert " mtime=1970-01-01 00:00:00.000000000 " in lines[0]
     code, out, _ = run(["dump", str(img), "-b", "xattrs"], capsys)
     assert code == 0 and out.splitlines() == ["7:7 raw 9 bytes"]
+    code, out, _ = run(["dump", str(img), "-b", "inodes", "--raw", "--end", "0:0"], capsys)
+    assert code == 0 and out.startswith("0:0 inode mode=33188 uid=0 ")
 
 
 def test_dump_range(tmp_path, capsys):
@@ -152,8 +166,10 @@ def test_journal_lists_entries(tmp_path, capsys, crash):
     code, out, err = run(["journal", str(img), "-v"], capsys)
     assert code == 0, err
     if crash:
-        assert "  inodes 5:3 inode mode=33188 " in out
+        assert "  inodes 5:3 inode mode=-rw-r--r-- (100644) " in out
         assert "  xattrs 7:7 raw 9 bytes" in out
+        code, out, err = run(["journal", str(img), "-v", "--raw"], capsys)
+        assert code == 0 and "  inodes 5:3 inode mode=33188 " in out
 
 
 def test_journal_of_a_fresh_image(tmp_path, capsys):
@@ -205,6 +221,26 @@ def test_subprocess_no_traceback(tmp_path):
                            capture_output=True, text=True, cwd=REPO, timeout=60)
         assert r.returncode == 1, r.stderr
         assert "Traceback" not in r.stderr and "not a usable pyfs filesystem" in r.stderr
+
+
+def test_decoded_values():
+    ino = Inode(mode=0o40755, uid=7, gid=8, nlink=2, size=3, atime_ns=1_700_000_000_123456789,
+                mtime_ns=-1, rdev=os.makedev(8, 1), tail=b"t\xffx").pack()
+    t = decoded(ino)
+    assert t.startswith("inode mode=drwxr-xr-x (040755) uid=7 gid=8 nlink=2 size=3 ")
+    assert "atime=2023-11-14 22:13:20.123456789 " in t and "rdev=8:1" in t
+    assert "mtime=1969-12-31 23:59:59.999999999 " in t and "target='t\\xffx'" in t
+    assert decoded(Dirent(inum=16, d_type=4, hash=9, tail="é'\n".encode()).pack()) == \
+        "dirent 'é\\'\\n' -> 16 (dir) home=9"
+    assert decoded(Dirent(inum=0, d_type=0, hash=5).pack()) == "dirent tombstone home=5"
+    x = Xattr(name_len=6, hash=3, tail=b"user.a" + b"v" * 70).pack()
+    assert decoded(x) == f"xattr 'user.a' = '{'v' * 64}'... (70 bytes) home=3"
+    a = Alloc(gen=2, data_type=DataType.user, flags=1, dirty_sectors=8, journal_seq=4).pack()
+    assert decoded(a) == ("alloc user gen=2 dirty_sectors=8 cached_sectors=0 journal_seq=4 "
+                          "flags=need_discard")
+    bp = Backpointer(btree_id=0, level=0, pos=pack_key(16, 0), length=8, gen=2).pack()
+    assert decoded(bp) == "backpointer extents L0 16:0 length=8 gen=2"
+    assert when(10**40) == f"{10**40}ns"
 
 
 def test_parse_pos():

@@ -365,5 +365,5 @@ class HostileFs(RuleBasedStateMachine):
 
 
 TestHostileFs = HostileFs.TestCase
-TestHostileFs.settings = settings(max_examples=25, stateful_step_count=40, deadline=None,
+TestHostileFs.settings = settings(max_examples=50, stateful_step_count=50, deadline=None,
                                   suppress_health_check=list(HealthCheck))

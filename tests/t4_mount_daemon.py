@@ -5,6 +5,7 @@ options, read-only mounts, kill -9 and replay; plus the FUSE edge in-process
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -13,15 +14,26 @@ import tempfile
 import threading
 import time
 
+import fsck_lite
 import pyfuse3
 import pytest
 import trio
 from conftest import FsEnv, Mount, pyfs_cli, require_fuse
 
+from pyfs import cli
 from pyfs.btree.tree import BtreeError
+from pyfs.device import MemDevice
 from pyfs.format import SbState
+from pyfs.fs import FSError
 from pyfs.fuse import Flusher, FlushThread, Operations
-from pyfs.mount import MountFailed, _alive, is_mounted, parse_options
+from pyfs.mount import (
+    MountFailed,
+    _alive,
+    is_mounted,
+    parse_options,
+    parse_remount_options,
+    split_options,
+)
 
 
 def sb_state(image: str) -> int:
@@ -148,6 +160,35 @@ def test_bad_options_and_paths(tmp_path, scratch_dir):
     assert not is_mounted(scratch_dir)
 
 
+def test_tools_refuse_what_is_not_pyfs(tmp_path, scratch_dir, capsys):
+    """umount, stats and every command taking a mount point check that it is
+    a pyfs mount (issue 13: `pyfs umount` used to unmount anything)."""
+    require_fuse()
+    ext4 = str(tmp_path / "ext4.img")
+    subprocess.run(["mkfs.ext4", "-q", "-F", ext4, "16M"], check=True, capture_output=True)
+    every = (["umount", "-l", scratch_dir], ["stats", "--json", scratch_dir],
+             ["show-super", scratch_dir], ["dump", scratch_dir, "-b", "inodes"],
+             ["journal", scratch_dir], ["du", scratch_dir], ["cat", scratch_dir, "/f"])
+    common = (["umount", scratch_dir], ["stats", scratch_dir], ["usage", scratch_dir],
+              ["ls", scratch_dir])
+    for mount_cmd, kind, commands in (
+            (["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", scratch_dir], "tmpfs",
+             common + every),
+            (["fuse2fs", ext4, scratch_dir], "fuse.ext4", common)):
+        subprocess.run(mount_cmd, check=True, capture_output=True)
+        try:
+            for args in commands:
+                assert cli.main(args) == 1, args
+                err = capsys.readouterr().err
+                assert f"{scratch_dir} is not a pyfs mount: it is a {kind} mount" in err
+                assert err.count("\n") == 1
+                assert is_mounted(scratch_dir)
+        finally:
+            subprocess.run(["umount", scratch_dir], check=True)
+    r = pyfs_cli("stats", scratch_dir, check=False)
+    assert r.returncode == 1 and "is not mounted" in r.stderr
+
+
 def test_mount_helper_and_foreground(tmp_path, scratch_dir):
     require_fuse()
     image = str(tmp_path / "img")
@@ -186,15 +227,40 @@ def test_parse_options():
     o = parse_options(["ro,allow_other,debug,flush_delay_ms=250", "btree_write_buffer=64K,"
                        "cache_nodes=100,fsname=disk1,noatime,nodiscard,nosuid,defaults"])
     assert (o.ro, o.allow_other, o.debug, o.flush_delay_ms, o.btree_write_buffer,
-            o.cache_nodes, o.fsname, o.noatime, o.discard) == \
-        (True, True, True, 250, 65536, 100, "disk1", True, False)
+            o.cache_nodes, o.fsname, o.noatime, o.discard, o.errors) == \
+        (True, True, True, 250, 65536, 100, "disk1", True, False, "remount-ro")
     fo = o.fuse_options("/x/img")
     assert {"ro", "allow_other", "fsname=disk1", "subtype=pyfs", "default_permissions",
             "nosuid", "noatime"} <= fo
     assert "suid" not in fo
-    for bad in ("nope", "cache_nodes=1", "errors=panic", "flush_delay_ms=-5"):
+    for bad in ("nope", "cache_nodes=1", "errors=panic", "errors=sometimes",
+                "flush_delay_ms=-5", "remount"):
         with pytest.raises(MountFailed):
             parse_options(bad)
+    with pytest.raises(MountFailed, match="errors=panic is not supported"):
+        parse_options("errors=panic")
+    assert parse_options("nope,errors=ro", sloppy=True).errors == "remount-ro"
+
+
+def test_generic_options_never_reach_libfuse_when_it_refuses_them():
+    # libfuse 3's mount fails on these (fuse_session_new); mount.fuse3's
+    # ignore list (_netdev, nofail, auto, ...) is dropped the same way.
+    o = parse_options("rw,lazytime,nolazytime,diratime,nodiratime,relatime,strictatime,"
+                      "_netdev,nofail,noauto,users,x-systemd.automount,comment=x,"
+                      "errors=continue,nodev,noexec,sync")
+    fo = o.fuse_options("/img")
+    assert not fo & {"lazytime", "nolazytime", "diratime", "nodiratime", "relatime",
+                     "strictatime", "_netdev", "nofail", "noauto", "users", "errors=continue"}
+    assert {"nodev", "noexec", "sync"} <= fo and not o.noatime and o.errors == "continue"
+    assert parse_options("noatime,relatime").noatime is False       # the last one wins
+
+
+def test_parse_remount_options():
+    # What mount(8) hands a helper for `mount -o remount,ro DIR`.
+    items = split_options("ro,relatime,remount,user_id=0,group_id=0,default_permissions,"
+                          "flush_delay_ms=200,errors=continue,allow_other")
+    assert parse_remount_options(items) == {"ro": True, "noatime": False, "errors": "continue"}
+    assert parse_remount_options(["rw", "noatime", "remount"]) == {"ro": False, "noatime": True}
 
 
 # ---------------------------------------------------------------- FUSE edge in-process
@@ -302,6 +368,85 @@ def test_errors_ro_after_fatal_error(monkeypatch):
     env.eng.close(clean=False)
 
 
+def test_errors_continue_keeps_writing_unless_a_commit_broke(monkeypatch):
+    env, ops = make_ops()
+    ops.errors = "continue"
+    orig = env.fs._write_chunk
+
+    def broken(*a, **kw):
+        raise BtreeError("injected before any commit")
+
+    async def main():
+        fi, e = await ops.create(1, b"f", 0o644, os.O_WRONLY, Ctx())
+        monkeypatch.setattr(env.fs, "_write_chunk", broken)
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.write(fi.fh, 0, b"boom")
+        assert ei.value.errno == errno.EIO
+        assert ops.failed is None and not env.fs.read_only        # still writable
+        monkeypatch.setattr(env.fs, "_write_chunk", orig)
+        assert await ops.write(fi.fh, 0, b"ok") == 2
+        await ops.mkdir(1, b"d", 0o755, Ctx())
+        env.eng.flush()
+        st = ops.state()
+        assert st["errors_seen"] == 1 and "injected" in st["last_error"]
+        assert not st["read_only"] and st["errors"] == "continue"
+        # A commit that fails part way stops the engine: read-only even so.
+        monkeypatch.setattr(env.eng, "_apply", broken)
+        with pytest.raises(pyfuse3.FUSEError):
+            await ops.mkdir(1, b"e", 0o755, Ctx())
+        assert ops.failed is not None and env.fs.read_only
+        assert ops.state()["read_only_reason"].startswith("stopped after an error")
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.control("rw")
+        assert ei.value.errno == errno.EIO
+    trio.run(main)
+    env.eng.close(clean=False)
+    env.remount(clean=False)        # nothing of the broken commit reached the disk
+    assert env.fs.lookup(1, b"d") and env.fs.read(env.fs.lookup(1, b"f").st_ino, 0, 9) == b"ok"
+    assert env.fsck() == []
+    with pytest.raises(FSError):
+        env.fs.lookup(1, b"e")
+    env.close()
+
+
+def test_remount_ro_writes_back_then_rw_resumes():
+    env, ops = make_ops()
+
+    async def main():
+        fi, e = await ops.create(1, b"f", 0o644, os.O_WRONLY, Ctx())
+        await ops.write(fi.fh, 0, b"before")
+        await ops.release(fi.fh)
+        await ops.control("ro")
+        assert env.eng.sb.state == SbState.clean and not env.eng.btrees.dirty
+        snap = env.dev.snapshot()                   # what a power cut now leaves
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.mkdir(1, b"d", 0o755, Ctx())
+        assert ei.value.errno == errno.EROFS
+        assert ops.state()["read_only_reason"] == "remounted read-only"
+        await ops.control("ro")                     # again: nothing to do
+        await ops.control("rw")
+        assert env.eng.sb.state == SbState.dirty and not env.fs.read_only
+        await ops.mkdir(1, b"d", 0o755, Ctx())
+        for bad in ("frob", "errors=panic"):
+            with pytest.raises(pyfuse3.FUSEError) as ei:
+                await ops.control(bad)
+            assert ei.value.errno == errno.EINVAL
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ops.setxattr(1, b"pyfs.control", b"ro", Ctx(uid=1000))
+        assert ei.value.errno == errno.EPERM
+        return snap
+    snap = trio.run(main)
+    frozen = FsEnv.__new__(FsEnv)
+    frozen.dev = MemDevice(snap)
+    fs = frozen.remount(clean=False)
+    assert frozen.eng.replayed_keys == 0, "clean: nothing to replay"
+    assert fs.read(fs.lookup(1, b"f").st_ino, 0, 10) == b"before"
+    assert fsck_lite.check(frozen.eng) == []
+    env.close()
+    env.remount()
+    assert env.fs.lookup(1, b"d")
+
+
 def test_lookup_counts_through_readdirplus():
     env, ops = make_ops()
     fs = env.fs
@@ -337,3 +482,53 @@ def test_lookup_counts_through_readdirplus():
         assert '"discards"' in st and '"bounces"' in st
     trio.run(main)
     env.close()
+
+
+def test_inspection_of_a_mount_point(mnt, tmp_path, capsysbinary):
+    """Every inspection command takes the mount point: structure commands read
+    the image after the daemon synced its journal, file commands read through
+    the kernel."""
+    def out(*argv: str, code: int = 0) -> str:
+        assert cli.main(list(argv)) == code, argv
+        o, e = capsysbinary.readouterr()
+        return (o if code == 0 else e).decode()
+
+    os.makedirs(mnt.p("d/e"))
+    data = os.urandom(200_000)
+    with open(mnt.p("d/e/f"), "wb") as f:
+        f.write(data)                       # no fsync: `sync` through pyfs.control
+    r = out("dump", mnt.path, "-b", "dirents")
+    assert "'f' -> " in r and "(file)" in r
+    assert "inode mode=-rw-r--r-- (100644)" in out("dump", mnt.path, "-b", "inodes")
+    assert "entries, seq " in out("journal", mnt.path)
+    assert "Label:" in out("show-super", mnt.path)
+    assert "Live data + metadata:" in out("usage", mnt.path)
+    assert out("ls", mnt.path, "/d") == "e\n"
+    assert cli.main(["cat", mnt.path, "/d/e/f"]) == 0
+    assert capsysbinary.readouterr().out == data
+    assert out("du", "-s", mnt.path, "/d") == "196\t/d\n"
+    out("cp-out", mnt.path, "/d", str(tmp_path))
+    assert (tmp_path / "d" / "e" / "f").read_bytes() == data
+    assert "is not mounted" in out("ls", mnt.p("d"), code=1)     # inside, not the root
+    err = out("fsck", "-n", mnt.path, code=8)
+    assert f"{mnt.path} is the mount point of {mnt.image}; unmount it" in err
+
+
+def test_stats_summary(mnt, capsys):
+    with open(mnt.p("f"), "wb") as f:
+        f.write(b"x" * 100_000)
+        os.fsync(f.fileno())
+    assert cli.main(["stats", mnt.path]) == 0
+    out = capsys.readouterr().out
+    head, _, counters = out.partition("\nCounters:\n")
+    rows = dict(line.split(":", 1) for line in head.splitlines())
+    assert rows["State"].strip() == "read-write"
+    assert rows["Image"].strip() == mnt.image and rows["Daemon"].strip().startswith("pid ")
+    assert rows["Errors"].strip() == "errors=remount-ro, 0 errors"
+    assert "used)" in rows["Free space"] and "% full of 8 MiB" in rows["Journal"]
+    assert rows["Dirty btree nodes"].strip().isdigit()
+    assert rows["Last journal flush"].strip().endswith(" s ago")
+    assert "journal_flushes" in counters and "fs_errors" in counters
+    assert cli.main(["stats", "--json", mnt.path]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert all(isinstance(v, int | float) for v in s.values()) and "State" not in s

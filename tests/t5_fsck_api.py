@@ -4,6 +4,7 @@ documentation, the live-engine check, robustness of a run that fails inside."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import stat
 from pathlib import Path
@@ -300,6 +301,13 @@ def test_cli_without_mode_and_without_a_terminal_is_n(img_file, capsys, monkeypa
     assert cli.fsck_main([str(img_file)]) == 0
 
 
+def test_cli_with_stdin_closed_is_n(img_file, capsys, monkeypatch):
+    # fsck -A runs checkers with stdin closed: Python then has no sys.stdin.
+    monkeypatch.setattr("sys.stdin", None)
+    assert cli.fsck_main(["-f", str(img_file)]) == 0
+    assert " inodes (" in capsys.readouterr().out
+
+
 def test_cli_refuses_a_mounted_image(img_file, capsys):
     holder = open_device(str(img_file), exclusive=True)
     try:
@@ -319,7 +327,7 @@ def test_cli_interrupt_exits_32(img_file, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(fsck_cli, "fsck_path", interrupted)
-    assert cli.fsck_main(["-y", str(img_file)]) == 32
+    assert cli.fsck_main(["-fy", str(img_file)]) == 32
 
 
 def test_console_scripts(img_file):
@@ -386,3 +394,39 @@ def test_mode_of_recreated_root_is_a_directory(clean_img):
     assert stat.S_ISDIR(fs.getattr(1).st_mode)
     names = {n for n, _a, _o in fs.readdir(1)}
     assert {b"docs", b"lost+found", b"many"} <= names
+
+
+def test_cli_skips_a_cleanly_unmounted_image_unless_forced(img_file, capsys):
+    """As e2fsck: a clean image is not checked without -f (every mode)."""
+    for mode in ("-n", "-y", "-p"):
+        assert cli.fsck_main([mode, str(img_file)]) == 0
+        assert capsys.readouterr().out == (f"{img_file}: clean (cleanly unmounted; use -f to "
+                                           "check anyway)\n")
+    assert cli.fsck_main(["-f", "-n", str(img_file)]) == 0
+    assert " inodes (" in capsys.readouterr().out           # the full check ran
+    # A damaged backup copy is not clean: fully checked and repaired.
+    with open(img_file, "r+b") as f:
+        f.seek(-4096, 2)
+        f.write(bytes(64))
+    assert cli.fsck_main(["-y", str(img_file)]) == 1
+    assert "backup" in capsys.readouterr().out
+    # Nor is an image a crash left dirty.
+    Engine(open_device(str(img_file))).dev.close()
+    assert cli.fsck_main(["-n", str(img_file)]) == 0
+    assert "use -f" not in capsys.readouterr().out
+
+
+def test_cli_progress_fd_lines(img_file, capsys, tmp_path):
+    r, w = os.pipe()
+    try:
+        assert cli.fsck_main(["-f", "-n", "-C", str(w), str(img_file)]) == 0
+    finally:
+        os.close(w)
+    with os.fdopen(r) as f:
+        lines = f.read().splitlines()
+    passes = [int(ln.split()[0]) for ln in lines]
+    assert passes == sorted(passes) and set(passes) == set(range(1, 13))
+    assert all(len(ln.split()) == 4 and ln.endswith(f" {img_file}") for ln in lines)
+    capsys.readouterr()
+    assert cli.fsck_main(["-f", "-n", "-C", "97", str(img_file)]) == 16
+    assert "-C 97: not an open file descriptor" in capsys.readouterr().err

@@ -150,9 +150,15 @@ class Allocator:
 
     def admits(self, wm: Watermark) -> bool:
         """Whether a commit at wm may start: after the structure changes it may
-        cause, its floor still holds."""
-        return wm == Watermark.btree or (
-            self.free_total() >= self.floors[wm] + self.commit_margin)
+        cause, its floor still holds. Deleting is the way out of a full
+        filesystem, so below its floor a delete is still admitted while one
+        bucket is free for the merges it may call for (an image an older pyfs
+        filled, or one that maintenance took down this far)."""
+        if wm == Watermark.btree:
+            return True
+        free = self.free_total()
+        return free >= self.floors[wm] + self.commit_margin or (
+            wm == Watermark.delete and free >= 1)
 
     # ------------------------------------------------------------ mount
 

@@ -68,7 +68,7 @@ DIRENTS = BtreeId.dirents
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 WRITE_CHUNK_MAX = 256 * 1024    # bytes per write transaction (fewer on small journals)
-READ_MAX = 16 << 20             # bytes one read returns at most (a short read, as POSIX allows)
+READ_MAX = 128 << 20            # bytes one read returns at most (a short read, as POSIX allows)
 END_BLOCK = MAX_FILE_SIZE // BLOCK_SIZE
 GEN_BATCH = 1 << 16             # generations reserved per fs info update
 RELATIME_NS = 24 * 3600 * 10**9
@@ -166,7 +166,7 @@ class Filesystem:
         self.chunk = max(8, self.tx_budget // 4 // 96)
         # A write chunk may split one extent per block it covers.
         self.write_chunk = max(4, min(WRITE_CHUNK_MAX // BLOCK_SIZE, self.chunk // 2)) * BLOCK_SIZE
-        self.seed = int.from_bytes(eng.sb.uuid[:8], "little")
+        self.seed = eng.sb.hash_seed
         # A target is the inode record's tail: small nodes hold less than PATH_MAX.
         self.symlink_max = min(SYMLINK_MAX, eng.btrees.max_value - Inode.SIZE)
         self.inodes = InodeCache(eng.btrees)
@@ -184,13 +184,18 @@ class Filesystem:
         # Inode records in the inodes btree (statfs); a version 1 fs info
         # record has no count: count once and record it.
         self.ninodes = self._count_inodes() if ninodes is None else ninodes
+        # Deletes and in-place updates commit at the delete watermark; while
+        # mounting (recording the inode count, finishing orphans) everything
+        # may be used, as the rest of mount may: a full image always mounts.
+        self.shrink_wm = Watermark.btree
         if not self.read_only:
             if ninodes is None:
-                op = Op(self, SHRINK)
+                op = Op(self, self.shrink_wm)
                 op.info = True
                 op.commit()
             self._ensure_root()
             self._process_orphans()
+        self.shrink_wm = SHRINK
 
     # ------------------------------------------------------------ plumbing
 
@@ -231,8 +236,12 @@ class Filesystem:
             raise FSError(errno.EROFS)
 
     def set_read_only(self) -> None:
-        """errors=ro: refuse every further change."""
+        """errors=remount-ro or remount,ro: refuse every further change."""
         self.read_only = True
+
+    def set_read_write(self) -> None:
+        """remount,rw: changes are allowed again (the engine was thawed first)."""
+        self.read_only = self.eng.read_only
 
     def _generation(self, op: Op) -> int:
         g = self.next_gen
@@ -298,7 +307,7 @@ class Filesystem:
             elif ino is not None and ino.nlink == 0:
                 self._destroy(inum)
                 continue
-            op = Op(self, SHRINK)
+            op = Op(self, self.shrink_wm)
             op.t.delete(INO, k)
             op.commit()
 
@@ -381,14 +390,14 @@ class Filesystem:
         if size is not None and size != ino.size:
             self._truncate(inum, size, ch)
         else:
-            op = Op(self, SHRINK)
+            op = Op(self, self.shrink_wm)
             if mode is not None:
                 self.acls.chmod(op.t, inum, mode)
             op.put(inum, ino.replace(**ch))
             op.commit()
             return Attr(inum, self._inode(inum))
         if mode is not None:            # chmod with a truncate: the ACL after it
-            op = Op(self, SHRINK)
+            op = Op(self, self.shrink_wm)
             self.acls.chmod(op.t, inum, mode)
             op.commit()
         return Attr(inum, self._inode(inum))
@@ -531,7 +540,7 @@ class Filesystem:
                 raise FSError(errno.ENOTEMPTY)
         elif is_dir(ino):
             raise FSError(errno.EISDIR)
-        op = Op(self, SHRINK)
+        op = Op(self, self.shrink_wm)
         t = now_ns()
         hashtab.remove(op.t, hashtab.DIRENTS, parent, slot)
         op.put(parent, pino.replace(mtime_ns=t, ctime_ns=t, size=pino.size - 1,
@@ -588,7 +597,7 @@ class Filesystem:
         while True:
             exts = self.data.all_keys(inum, self.chunk)
             xks = self.xattrs.keys(inum, self.chunk - len(exts))
-            op = Op(self, SHRINK)
+            op = Op(self, self.shrink_wm)
             for k, _v in exts:
                 op.t.delete(EXT, k)
             for k in xks:
@@ -809,7 +818,7 @@ class Filesystem:
         t = now_ns()
         a = ino.atime_ns
         if a <= ino.mtime_ns or a <= ino.ctime_ns or t - a > RELATIME_NS:
-            op = Op(self, SHRINK)
+            op = Op(self, self.shrink_wm)
             op.put(inum, ino.replace(atime_ns=t))
             op.commit()
 
@@ -894,7 +903,7 @@ class Filesystem:
         self.c["fs_truncates"] += 1
         ino = self._inode(inum)
         if size >= ino.size:
-            op = Op(self, SHRINK)
+            op = Op(self, self.shrink_wm)
             op.put(inum, ino.replace(size=size, **changes))
             op.commit()
             return
@@ -909,7 +918,7 @@ class Filesystem:
                 new, refs = self.data.write_regions(inum, b, blk, SHRINK)
                 start = b
         try:
-            op = Op(self, SHRINK)
+            op = Op(self, self.shrink_wm)
             exts = self.data.extents(inum, start, END_BLOCK, limit=self.chunk)
             removed = self.data.punch(op.t, inum, start, END_BLOCK, exts)
             for f, e in new:
@@ -926,7 +935,7 @@ class Filesystem:
                 r.release()
         if more:
             self._trim_beyond_eof(inum)
-            op = Op(self, SHRINK)
+            op = Op(self, self.shrink_wm)
             op.t.delete(INO, orphan_key(inum))
             op.commit()
 
@@ -938,7 +947,7 @@ class Filesystem:
             exts = self.data.extents(inum, keep, END_BLOCK, limit=self.chunk)
             if not exts:
                 return
-            op = Op(self, SHRINK)
+            op = Op(self, self.shrink_wm)
             removed = self.data.punch(op.t, inum, keep, END_BLOCK, exts)
             op.put(inum, ino.replace(blocks=max(0, ino.blocks - removed * SECTORS_PER_BLOCK)))
             op.commit()
@@ -967,7 +976,7 @@ class Filesystem:
     def removexattr(self, inum: int, name: bytes) -> None:
         self._writable()
         ino = self._inode(inum)
-        op = Op(self, SHRINK)
+        op = Op(self, self.shrink_wm)
         self.xattrs.remove(op.t, inum, name)
         op.put(inum, ino.replace(ctime_ns=now_ns()))
         op.commit()

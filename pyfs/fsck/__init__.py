@@ -225,12 +225,14 @@ class Run:
 
 
 def fsck_device(dev, opts: FsckOptions | None = None, *, name: str = "image",
-                out=None, ask_in=None, progress_out=None) -> FsckResult:
-    """Check (and, by opts.mode, repair) the filesystem on an open device."""
+                out=None, ask_in=None, progress_out=None,
+                progress_lines: bool = False) -> FsckResult:
+    """Check (and, by opts.mode, repair) the filesystem on an open device.
+    progress_out gets a progress bar, or with progress_lines e2fsck's -C lines."""
     opts = opts or FsckOptions()
     out = out if out is not None else sys.stdout
     rep = Reporter(mode=opts.mode, verbose=opts.verbose, out=out, ask_in=ask_in,
-                   progress_out=progress_out)
+                   progress_out=progress_out, progress_lines=progress_lines, device=name)
     # Repairs are staged and written only if the check runs to its end: an
     # fsck that cannot finish leaves the image as it found it.
     staged = StagedDevice(dev) if opts.mode != MODE_NO else None
@@ -266,7 +268,7 @@ def fsck_device(dev, opts: FsckOptions | None = None, *, name: str = "image",
 
 
 def fsck_path(path: str, opts: FsckOptions, *, out=None, ask_in=None,
-              progress_out=None) -> FsckResult:
+              progress_out=None, progress_lines: bool = False) -> FsckResult:
     """Open path exclusively (read-only for -n) and check it."""
     out = out if out is not None else sys.stdout
     try:
@@ -279,7 +281,7 @@ def fsck_path(path: str, opts: FsckOptions, *, out=None, ask_in=None,
                           if not e.strerror or path not in e.strerror else e.strerror)
     try:
         return fsck_device(dev, opts, name=path, out=out, ask_in=ask_in,
-                           progress_out=progress_out)
+                           progress_out=progress_out, progress_lines=progress_lines)
     finally:
         dev.close()
 

@@ -3,10 +3,12 @@
     -n  open read-only, answer no to everything: report, change nothing
     -y  answer yes: fix everything fixable
     -p  preen (-a too): fix what is safe without asking; exit 4 if more is wrong
-    -f  check even a filesystem marked clean (matters for -p only: the other
-        modes always check fully)
+    -f  check even a filesystem that was cleanly unmounted (without it, such
+        a filesystem is skipped: "clean", exit 0, as e2fsck does)
     -v  verbose: pass names and normal events (journal replay, orphans)
     -c  read every extent's data and verify its checksum
+    -C fd  progress for front ends: lines `pass done total device` on fd
+        (e2fsck's format); -C 0 draws a progress bar on stdout
 
 Without -n/-y/-p, fsck asks about each problem (y/n/a) when stdin is a
 terminal; otherwise it behaves as -n (e2fsck refuses instead; a script that
@@ -18,12 +20,25 @@ corrected, 4 errors left uncorrected, 8 operational error, 16 usage error,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from ..cli import command, version_string
+from ..device import open_device
+from ..format import SB_READ_SIZE, FormatError, SbState, Superblock
+from ..superblock import read_superblock
 from . import FsckOptions, fsck_path
-from .report import EXIT_CANCELLED, EXIT_OK, EXIT_USAGE, MODE_ASK, MODE_NO, MODE_PREEN, MODE_YES
+from .report import (
+    EXIT_CANCELLED,
+    EXIT_OK,
+    EXIT_OPERATIONAL,
+    EXIT_USAGE,
+    MODE_ASK,
+    MODE_NO,
+    MODE_PREEN,
+    MODE_YES,
+)
 
 PROG = "fsck.pyfs"
 
@@ -67,6 +82,9 @@ def setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", dest="verbose", action="store_true", help="verbose output")
     p.add_argument("-c", dest="check_data", action="store_true",
                    help="read all file data and verify its checksums")
+    p.add_argument("-C", dest="progress_fd", type=int, metavar="FD",
+                   help="progress lines `pass done total device` on file descriptor FD "
+                        "(e2fsck's format, for front ends); 0: a progress bar on stdout")
     p.error = _usage_error(p)                       # type: ignore[method-assign]
     p.parse_known_args = _strict(p)                 # type: ignore[method-assign]
 
@@ -74,12 +92,21 @@ def setup(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     mode = args.mode
     if mode is None:
-        mode = MODE_ASK if sys.stdin.isatty() else MODE_NO
+        mode = MODE_ASK if _tty(sys.stdin) else MODE_NO
     opts = FsckOptions(mode=mode, force=args.force, verbose=args.verbose,
                        check_data=args.check_data)
-    progress = sys.stderr if sys.stderr.isatty() else None
+    progress, lines = sys.stderr if _tty(sys.stderr) else None, False
+    if args.progress_fd is not None:
+        progress, lines = _progress_stream(args.progress_fd)
+        if progress is None:
+            return EXIT_USAGE
+    if os.path.isdir(args.image):
+        return _refuse_directory(args.image)
     try:
-        res = fsck_path(args.image, opts, progress_out=progress)
+        if not args.force and cleanly_unmounted(args.image):
+            print(f"{args.image}: clean (cleanly unmounted; use -f to check anyway)")
+            return EXIT_OK
+        res = fsck_path(args.image, opts, progress_out=progress, progress_lines=lines)
     except KeyboardInterrupt:
         sys.stdout.flush()
         print(f"\n{PROG}: interrupted", file=sys.stderr)
@@ -89,11 +116,60 @@ def run(args: argparse.Namespace) -> int:
     return res.exit_code
 
 
+def _tty(stream) -> bool:
+    """fsck -A runs checkers with stdin closed: no stream at all is no terminal."""
+    return stream is not None and stream.isatty()
+
+
+def _refuse_directory(path: str) -> int:
+    """fsck checks images, never a mounted filesystem: say which image it is."""
+    from ..mount import MountFailed, read_pid_file, require_pyfs_mount
+    try:
+        e = require_pyfs_mount(path)
+        info = read_pid_file(e.mountpoint) or {}
+        msg = (f"{path} is the mount point of {info.get('image') or e.source}; "
+               "unmount it, then check the image")
+    except MountFailed as err:
+        msg = f"{path} is a directory, not an image ({err})"
+    print(f"{PROG}: {msg}", file=sys.stderr)
+    return EXIT_OPERATIONAL
+
+
+def _progress_stream(fd: int):
+    """(stream, lines?) for -C fd, or (None, False) after a usage error."""
+    if fd == 0:
+        return sys.stdout, False
+    try:
+        os.fstat(fd)
+    except OSError:
+        print(f"{PROG}: -C {fd}: not an open file descriptor", file=sys.stderr)
+        return None, False
+    return os.fdopen(fd, "w", closefd=False), True
+
+
+def cleanly_unmounted(path: str) -> bool:
+    """Clean superblock, both copies intact, nobody holding the image: what
+    e2fsck needs to skip a filesystem. Anything else gets the full check
+    (which also reports an image in use or unreadable)."""
+    try:
+        dev = open_device(path, read_only=True, exclusive=True)
+    except OSError:
+        return False
+    with dev:
+        try:
+            sb, warnings = read_superblock(dev)
+            backup = Superblock.unpack(dev.pread(SB_READ_SIZE, sb.backup_offset),
+                                       sb.backup_offset, device_size=dev.size)
+        except (FormatError, OSError):
+            return False
+    return not warnings and sb.state == SbState.clean and backup.state == SbState.clean
+
+
 command("fsck", help="check and repair a pyfs filesystem", setup=setup, prog=PROG)(run)
 
 
 def fsck_main(argv: Sequence[str] | None = None) -> int:
-    """fsck.pyfs [-n|-y|-p] [-fvc] IMAGE"""
+    """fsck.pyfs [-n|-y|-p] [-fvc] [-C fd] IMAGE"""
     parser = argparse.ArgumentParser(prog=PROG, description="check and repair a pyfs "
                                      "filesystem")
     parser.add_argument("--version", action="version", version=version_string())

@@ -81,7 +81,7 @@ class Ctx:
     bad_keys: set[tuple[int, bytes]] = field(default_factory=set)
 
     def __post_init__(self):
-        self.seed = int.from_bytes(self.sb.uuid[:8], "little")
+        self.seed = self.sb.hash_seed
         self.bs = self.sb.bucket_size
         self.chunk = chunk_keys(self.eng)
         self.block_sectors = BLOCK_SIZE // 512

@@ -178,7 +178,7 @@ def dirent_slot(dev, owner: int, name: bytes) -> tuple[int, bytes] | None:
 
 def seed_of(dev) -> int:
     from ..superblock import read_superblock
-    return int.from_bytes(read_superblock(dev)[0].uuid[:8], "little")
+    return read_superblock(dev)[0].hash_seed
 
 
 # --------------------------------------------------------------------------

@@ -66,6 +66,8 @@ class Reporter:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     ask_in: TextIO | None = None
     progress_out: TextIO | None = None
+    progress_lines: bool = False        # -C fd: e2fsck's lines for front ends, not a bar
+    device: str = ""                    # named in those lines
     problems: list[Problem] = field(default_factory=list)
     pass_no: int = 0
     _pending: list[Problem] = field(default_factory=list)
@@ -160,6 +162,7 @@ class Reporter:
         if self.verbose:
             self.clear_progress()
             self.out.write(f"Pass {pass_no}: {PASS_NAMES[pass_no]}\n")
+        self.progress(PASS_NAMES[pass_no], 0, 0)
 
     def end_pass(self) -> None:
         """Print the pass's problems in a stable order."""
@@ -204,7 +207,8 @@ class Reporter:
         if self.progress_out is None:
             return
         if self._progress is None:
-            self._progress = Progress(self.progress_out)
+            self._progress = (LineProgress(self.progress_out, self.device)
+                              if self.progress_lines else Progress(self.progress_out))
         self._progress.show(self.pass_no, what, done, total)
 
     def clear_progress(self) -> None:
@@ -241,3 +245,29 @@ class Progress:
             self.out.write("\r" + " " * (self.WIDTH + 52) + "\r")
             self.out.flush()
             self.shown = False
+
+
+class LineProgress:
+    """fsck -C fd: one line `pass done total device` per update, e2fsck's format
+    for front ends (total 0: not known). Every pass announces itself; updates
+    within a pass come at most 10 times a second."""
+
+    def __init__(self, out: TextIO, device: str):
+        self.out = out
+        self.device = device
+        self.last = 0.0
+        self.pass_no = -1
+
+    def show(self, pass_no: int, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if pass_no == self.pass_no and now - self.last < 0.1:
+            return
+        self.pass_no, self.last = pass_no, now
+        try:
+            self.out.write(f"{pass_no} {done} {total} {self.device}\n")
+            self.out.flush()
+        except OSError:
+            pass                        # the front end went away: check on regardless
+
+    def clear(self) -> None:
+        pass

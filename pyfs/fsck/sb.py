@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import struct
 
-from ..format import SB_OFFSET, SB_SIZE, FormatError, Superblock, backup_sb_offset
+from ..format import (
+    SB_OFFSET,
+    SB_READ_SIZE,
+    SB_SIZE,
+    FormatError,
+    Superblock,
+    backup_sb_offset,
+)
 from ..superblock import sb_field_layout, write_superblock
 from .errors import Err
 from .journal import RingReader
 
 GEOMETRY = ("uuid", "bucket_size", "btree_node_size", "nbuckets", "device_size",
             "first_data_bucket", "journal_bucket", "journal_nbuckets", "group_buckets",
-            "features", "version", "block_size")
+            "features", "version", "block_size", "name_seed")
 _DEVICE_SIZE_AT = next(off for n, _c, off, _s in sb_field_layout() if n == "device_size")
 
 
@@ -31,7 +38,8 @@ def _read(dev, offset: int) -> tuple[Superblock | None, str]:
     if offset < 0 or offset + SB_SIZE > dev.size:
         return None, "beyond the end of the device"
     try:
-        return Superblock.unpack(dev.pread(SB_SIZE, offset), offset, device_size=dev.size), ""
+        raw = dev.pread(min(SB_READ_SIZE, dev.size - offset), offset)
+        return Superblock.unpack(raw, offset, device_size=dev.size), ""
     except FormatError as e:
         return None, e.what.removeprefix("superblock: ")
 
