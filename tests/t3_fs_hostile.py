@@ -238,6 +238,8 @@ class HostileFs(RuleBasedStateMachine):
             assert node.kind != "file" or off < 0
 
     def _model_write(self, node: Node, off: int, buf: bytes) -> None:
+        if not buf:
+            return                  # a write of nothing changes nothing (not even the size)
         node.size = max(node.size, off + len(buf))
         if off < MODEL_BYTES:
             end = min(off + len(buf), MODEL_BYTES)
