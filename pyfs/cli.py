@@ -506,6 +506,19 @@ def run_umount(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _setup_sync(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+
+@command("sync", help="make everything a mounted pyfs has done durable (device flush), "
+                      "and wait", setup=_setup_sync)
+def run_sync(args: argparse.Namespace) -> int:
+    from pyfs.mount import require_pyfs_mount, sync
+    require_pyfs_mount(args.mountpoint)
+    sync(args.mountpoint)
+    return EXIT_OK
+
+
 def _setup_stats(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="print one flat JSON object")

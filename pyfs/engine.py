@@ -292,6 +292,7 @@ class Engine:
                 raise ValueError(f"value of {len(v)} bytes exceeds the {limit} limit")
             est += JSET_KEY_SIZE + (len(v) if v else 0) + (DERIVED_ESTIMATE if bid in trig else 0)
         seq = j.reserve(est)
+        mark = j.mark()
         self.btrees.defer()
         try:
             self._apply(t, ups, seq, trig)
@@ -303,9 +304,11 @@ class Engine:
             self.alloc.apply_deferred(seq)
         except BaseException as e:
             # Part of the transaction is applied in memory and in the open
-            # journal entry: nothing of it may reach the disk.
+            # journal entry: nothing of it may reach the disk, everything
+            # committed before it should (the tree's shape did not change).
             self.btrees.deferred = None
-            self.fail(e)
+            j.truncate_open(mark)
+            self.stop(e)
             raise
         self._maintain()
         self._after_commit()
@@ -322,8 +325,22 @@ class Engine:
         except BtreeSpaceError as e:
             raise NoSpace(str(e)) from e
         except BaseException as e:
-            self.fail(e)
+            self.fail(e)            # a split half done: not even the journal may be written
             raise
+
+    def stop(self, err: BaseException) -> None:
+        """Stop writing after an error, once everything committed is written
+        and flushed (if the device still allows it): the caller has made sure
+        the open journal entry holds only whole transactions."""
+        if self.failed is None and not self.read_only:
+            j = self.journal
+            try:
+                j.seal()
+                j.write_sealed()
+                j.device_flush()
+            except Exception as e:      # the device is gone too: what is durable stays
+                self.warnings.append(f"could not flush before stopping: {e!r}")
+        self.fail(err)
 
     def fail(self, err: BaseException) -> None:
         """Stop writing anything, as if power were cut now; the durable state
@@ -333,6 +350,16 @@ class Engine:
             self.counters["engine_failures"] = self.counters.get("engine_failures", 0) + 1
         self.journal.frozen = True
         self.btrees.frozen = True
+
+    def persist(self) -> bool:
+        """Write everything committed that the image does not hold yet (pwrite,
+        no device flush): what a dead daemon must not lose. Returns whether
+        anything was written."""
+        j = self.journal
+        if self.failed is not None or not j.unwritten():
+            return False
+        j.write_committed()
+        return True
 
     def _apply(self, t: Trans, ups: dict, seq: int, trig: dict | None) -> None:
         add = self.journal.add

@@ -517,9 +517,11 @@ def unpack_btree_ptr(val: bytes) -> tuple[int, int]:
 # --------------------------------------------------------------------------
 # Journal
 #
-# Journal buckets form a ring. An entry starts on a block boundary, never
-# crosses a bucket boundary, and occupies whole blocks. The payload is the
-# btree roots, then the keys of the transactions the entry commits.
+# Journal buckets form a ring. An entry never crosses a bucket boundary. A
+# version 2 entry starts on a 512-byte sector and occupies whole sectors (the
+# daemon writes one per request burst); version 1 entries (older images) start
+# on 4 KiB blocks and occupy whole blocks. The payload is the btree roots,
+# then the keys of the transactions the entry commits.
 
 JOURNAL_MAGIC = b"PYFSJRNL"
 JSET_HDR_FMT = "<8sHHQQQIIIQ"
@@ -534,6 +536,9 @@ _jset_root = struct.Struct(JSET_ROOT_FMT)
 JSET_ROOT_SIZE = 34
 assert struct.calcsize(JSET_ROOT_FMT) == JSET_ROOT_SIZE
 
+JSET_VERSION = 2
+JSET_ALIGN = {1: BLOCK_SIZE, 2: SECTOR_SIZE}    # entry alignment by version
+
 JSET_KEY_FMT = "<BB16sI"     # btree id, level, key, value length (0 = delete)
 _jset_key = struct.Struct(JSET_KEY_FMT)
 JSET_KEY_SIZE = 22
@@ -547,7 +552,7 @@ class JournalEntry:
     last_seq: int
     roots: list[tuple[int, int, int, int]]         # (btree_id, level, offset, node_seq)
     keys: list[tuple[int, int, bytes, bytes]]      # (btree_id, level, key, value)
-    size: int = 0                                  # bytes on disk, whole blocks
+    size: int = 0                                  # bytes on disk (whole sectors; blocks in v1)
     offset: int = 0                                # byte offset on the device
     flushed_seq: int = 0                           # newest seq known durable when sealed
 
@@ -573,16 +578,16 @@ def pack_jset(seq: int, last_seq: int, roots, nkeys: int, keys_payload: bytes,
     root_bytes = b"".join(_jset_root.pack(b, lv, off, nseq, bytes(16))
                           for b, lv, off, nseq in roots)
     payload = root_bytes + keys_payload
-    hdr = _jset_hdr.pack(JOURNAL_MAGIC, FORMAT_VERSION, 0, seq, last_seq, flushed_seq,
+    hdr = _jset_hdr.pack(JOURNAL_MAGIC, JSET_VERSION, 0, seq, last_seq, flushed_seq,
                          len(roots), nkeys, len(payload), 0)
     csum = checksum(hdr[:-8], payload)
     raw = hdr[:-8] + struct.pack("<Q", csum) + payload
-    return raw + bytes(-len(raw) % BLOCK_SIZE)
+    return raw + bytes(-len(raw) % SECTOR_SIZE)
 
 
 def jset_size(nroots: int, keys_payload_len: int) -> int:
     n = JSET_HDR_SIZE + nroots * JSET_ROOT_SIZE + keys_payload_len
-    return n + (-n % BLOCK_SIZE)
+    return n + (-n % SECTOR_SIZE)
 
 
 def unpack_jset_header(buf: bytes, offset: int) -> tuple[int, int, int, int, int, int] | None:
@@ -590,7 +595,7 @@ def unpack_jset_header(buf: bytes, offset: int) -> tuple[int, int, int, int, int
     if len(buf) < JSET_HDR_SIZE:
         return None
     magic, ver, _fl, seq, last_seq, _fs, nroots, nkeys, plen, csum = _jset_hdr.unpack_from(buf)
-    if magic != JOURNAL_MAGIC or ver != FORMAT_VERSION:
+    if magic != JOURNAL_MAGIC or ver not in JSET_ALIGN:
         return None
     return seq, last_seq, nroots, nkeys, plen, csum
 
@@ -640,7 +645,8 @@ def unpack_jset(buf: bytes, offset: int) -> JournalEntry:
     if pos != plen:
         raise FormatError("journal entry: trailing bytes", offset)
     size = JSET_HDR_SIZE + plen
-    return JournalEntry(seq, last_seq, roots, keys, size + (-size % BLOCK_SIZE), offset,
+    align = JSET_ALIGN[_jset_hdr.unpack_from(buf)[1]]
+    return JournalEntry(seq, last_seq, roots, keys, size + (-size % align), offset,
                         flushed_seq)
 
 

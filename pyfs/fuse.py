@@ -196,6 +196,31 @@ class Flusher:
             self.running = None
             done.set()
 
+    async def preflush(self) -> None:
+        """A device flush (in the flush thread), so that the journal write after
+        it may point at the nodes written before it; or wait for the flush
+        already running, which does as much."""
+        if self.running is not None:
+            await self.running.wait()
+            return
+        if self.failed is not None:
+            raise FSError(errno.EIO, "journal flushing stopped")
+        j = self.eng.journal
+        done = self.running = trio.Event()
+        try:
+            gen, wseq = j.node_gen, j.written_seq
+            await self.run_sync(self.eng.dev.flush)
+            j.flush_done(gen, wseq)
+            self.eng.counters["journal_preflushes"] += 1
+        except BaseException as e:
+            if not isinstance(e, trio.Cancelled):
+                self.failed = e
+                log.error("device flush failed: %r", e)
+            raise
+        finally:
+            self.running = None
+            done.set()
+
     def stop(self) -> None:
         """No more journal writes (errors=ro after a fatal error)."""
         if self.failed is None:
@@ -334,6 +359,9 @@ class Operations(pyfuse3.Operations):
                          exc_info=exc)
             self.eng.counters["fs_fatal_errors"] = 1
             self.ro_reason = f"stopped after an error: {exc!r}"
+            # Everything committed is written and flushed first, if the device
+            # still allows it (the engine did so already if a commit failed).
+            self.eng.stop(exc)
         self.fs.set_read_only()
         self.flusher.stop()
         if self.on_fatal is not None:
@@ -345,6 +373,38 @@ class Operations(pyfuse3.Operations):
         self.files[fh] = (inum, uid)
         self.dio.opened(fh, inum, flags)
         return fh
+
+    async def _change(self, fn, *args, **kw):
+        """_call for a request that may commit: what it committed is on the image
+        before the answer goes out (an error answer too: part of an operation
+        may have committed)."""
+        try:
+            return self._call(fn, *args, **kw)
+        finally:
+            await self._ack()
+
+    async def _ack(self) -> None:
+        """Acknowledged means written: everything committed goes to the image
+        (pwrite, no device flush), so a dead daemon loses nothing the kernel
+        was told. A journal write that points at nodes written since the last
+        device flush waits for one first (in the flush thread), as it would
+        for a power cut."""
+        eng = self.eng
+        j = eng.journal
+        if eng.failed is not None or self.fs.read_only or not j.unwritten():
+            return
+        for _ in range(3):
+            if not j.needs_preflush():
+                break
+            try:
+                await self.flusher.preflush()
+            except Exception as e:
+                self.error(e)
+                return
+        try:
+            eng.persist()
+        except Exception as e:
+            self.error(e)
 
     async def _sync(self, inum: int) -> None:
         seq = self._call(self.fs.fsync, inum)
@@ -373,9 +433,10 @@ class Operations(pyfuse3.Operations):
         # No reply to send: errors are logged (fatal ones already switched to ro).
         for inum, n in inode_list:
             try:
-                self._call(self.fs.forget, inum, n)
+                self._call(self.fs.forget, inum, n)     # the last one deletes an orphan
             except pyfuse3.FUSEError as e:
                 log.warning("forget of inode %d failed: %s", inum, e)
+        await self._ack()
 
     async def getattr(self, inode, ctx=None):
         return entry(self._call(self.fs.getattr, inode))
@@ -397,40 +458,43 @@ class Operations(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        return entry(self._call(self.fs.setattr, inode, **kw))
+        return entry(await self._change(self.fs.setattr, inode, **kw))
 
     async def readlink(self, inode, ctx):
         return self._call(self.fs.readlink, inode)
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return entry(self._call(self.fs.mknod, parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+        return entry(await self._change(self.fs.mknod, parent_inode, name, mode, rdev, ctx.uid,
+                                        ctx.gid))
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return entry(self._call(self.fs.mkdir, parent_inode, name, mode, ctx.uid, ctx.gid))
+        return entry(await self._change(self.fs.mkdir, parent_inode, name, mode, ctx.uid, ctx.gid))
 
     async def unlink(self, parent_inode, name, ctx):
-        self._call(self.fs.unlink, parent_inode, name)
+        await self._change(self.fs.unlink, parent_inode, name)
 
     async def rmdir(self, parent_inode, name, ctx):
-        self._call(self.fs.rmdir, parent_inode, name)
+        await self._change(self.fs.rmdir, parent_inode, name)
 
     async def symlink(self, parent_inode, name, target, ctx):
-        return entry(self._call(self.fs.symlink, parent_inode, name, target, ctx.uid, ctx.gid))
+        return entry(await self._change(self.fs.symlink, parent_inode, name, target, ctx.uid,
+                                        ctx.gid))
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self._call(self.fs.rename, parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        await self._change(self.fs.rename, parent_inode_old, name_old, parent_inode_new,
+                           name_new, flags)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        return entry(self._call(self.fs.link, inode, new_parent_inode, new_name))
+        return entry(await self._change(self.fs.link, inode, new_parent_inode, new_name))
 
     # ------------------------------------------------------------ files
 
     async def open(self, inode, flags, ctx):
-        self._call(self.fs.open, inode, flags)
+        await self._change(self.fs.open, inode, flags)      # O_TRUNC commits
         return pyfuse3.FileInfo(fh=self._fh(inode, ctx.uid, flags))
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        attr = self._call(self.fs.create, parent_inode, name, mode, ctx.uid, ctx.gid)
+        attr = await self._change(self.fs.create, parent_inode, name, mode, ctx.uid, ctx.gid)
         self._call(self.fs.open, attr.st_ino, flags & ~os.O_TRUNC)
         return pyfuse3.FileInfo(fh=self._fh(attr.st_ino, ctx.uid, flags)), entry(attr)
 
@@ -438,11 +502,11 @@ class Operations(pyfuse3.Operations):
         inum = self.files[fh][0]
         if fh not in self.dio.handles:
             self.dio.buffered_io(inum)
-        return self._call(self.fs.read, inum, off, size)
+        return await self._change(self.fs.read, inum, off, size)     # atime (relatime)
 
     async def write(self, fh, off, buf):
         inum, uid = self.files[fh]
-        n = self._call(self.fs.write, inum, off, buf, uid != 0)
+        n = await self._change(self.fs.write, inum, off, buf, uid != 0)
         await self.dio.wrote(fh, inum)
         return n
 
@@ -456,7 +520,7 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh):
         inum, _uid = self.files.pop(fh)
         self.dio.released(fh, inum)
-        self._call(self.fs.release, inum)
+        await self._change(self.fs.release, inum)       # the last close of an unlinked file
 
     async def fsync(self, fh, datasync):
         await self._sync(self.files[fh][0])
@@ -508,11 +572,11 @@ class Operations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE and name in (STATS_XATTR, STATE_XATTR):
             raise pyfuse3.FUSEError(errno.EPERM)
         if inode == pyfuse3.ROOT_INODE and name == CONTROL_XATTR:
-            if ctx.uid != 0:
+            if ctx.uid != 0 and bytes(value) != b"sync":     # sync(2) is anyone's
                 raise pyfuse3.FUSEError(errno.EPERM)
             await self.control(bytes(value).decode(errors="replace"))
             return
-        self._call(self.fs.setxattr, inode, name, value)
+        await self._change(self.fs.setxattr, inode, name, value)
 
     async def getxattr(self, inode, name, ctx):
         if inode == pyfuse3.ROOT_INODE and name == STATS_XATTR:
@@ -525,7 +589,7 @@ class Operations(pyfuse3.Operations):
         return self._call(self.fs.listxattr, inode)
 
     async def removexattr(self, inode, name, ctx):
-        self._call(self.fs.removexattr, inode, name)
+        await self._change(self.fs.removexattr, inode, name)
 
     def stats_json(self) -> str:
         s = stats_dict(self.eng)

@@ -418,13 +418,27 @@ def test_jset_round_trip(seq, back, roots, keys):
     last_seq = seq - back % (seq + 1)
     payload = F.encode_jset_keys(keys)
     raw = F.pack_jset(seq, last_seq, roots, len(keys), payload)
-    assert len(raw) % F.BLOCK_SIZE == 0
+    assert len(raw) % F.SECTOR_SIZE == 0            # version 2: whole sectors
     assert len(raw) == F.jset_size(len(roots), len(payload))
     e = F.unpack_jset(raw, 65536)
     assert (e.seq, e.last_seq, e.offset, e.size) == (seq, last_seq, 65536, len(raw))
     assert e.roots == [tuple(r) for r in roots]
     assert e.keys == [tuple(k) for k in keys]
     assert f"seq {seq}" in e.to_text()
+
+
+def test_version_1_jset_occupies_whole_blocks():
+    """Entries of older images (version 1) were padded to 4 KiB blocks, and the
+    reader walks the ring by the size that says."""
+    raw, _ = _sample_jset()
+    v1 = bytearray(raw[:8] + (1).to_bytes(2, "little") + raw[10:])
+    hdr = bytes(v1[:F.JSET_HDR_SIZE - 8])
+    plen = int.from_bytes(v1[44:48], "little")
+    v1[F.JSET_HDR_SIZE - 8:F.JSET_HDR_SIZE] = F.checksum(
+        hdr, bytes(v1[F.JSET_HDR_SIZE:F.JSET_HDR_SIZE + plen])).to_bytes(8, "little")
+    v1 += bytes(-len(v1) % F.BLOCK_SIZE)
+    assert F.unpack_jset(bytes(v1), 0).size == F.BLOCK_SIZE
+    assert F.unpack_jset(raw, 0).size == len(raw) < F.BLOCK_SIZE
 
 
 def _sample_jset() -> tuple[bytes, int]:

@@ -34,7 +34,10 @@ def test_oversized_value_rejects_the_whole_transaction():
     eng.close()
 
 
-def test_failure_mid_commit_stops_writes_and_remount_sees_durable_state():
+def test_failure_mid_commit_saves_what_was_committed_then_stops_writes():
+    """A commit that fails part way: every transaction committed before it is
+    written and flushed, nothing of the failed one is, and nothing more is
+    written after that."""
     eng = engine()
     t = eng.trans()
     t.set(BtreeId.inodes, pack_key(1, 0), RAW + b"durable")
@@ -50,17 +53,19 @@ def test_failure_mid_commit_stops_writes_and_remount_sees_durable_state():
     t = eng.trans()
     t.set(BtreeId.inodes, pack_key(3, 0), RAW + b"partial")
     t.set(BtreeId.dirents, pack_key(3, 1), RAW + b"partial")
-    writes = eng.dev.counters["writes"]
     with pytest.raises(RuntimeError):
         t.commit()
+    writes = eng.dev.counters["writes"]
+    flushes = eng.dev.counters["flushes"]
     with pytest.raises(EngineFailed):
         eng.trans().commit()
     with pytest.raises(OSError):
         eng.flush()
-    eng.close()                            # like a power cut: writes nothing
-    assert eng.dev.counters["writes"] == writes
+    eng.close()                            # like a power cut: writes nothing more
+    assert eng.dev.counters["writes"] == writes and eng.dev.counters["flushes"] == flushes
     again = Engine(MemDevice(eng.dev.snapshot()))
     assert again.btrees.get(BtreeId.inodes, pack_key(1, 0)) == RAW + b"durable"
+    assert again.btrees.get(BtreeId.inodes, pack_key(2, 0)) == RAW + b"committed, not durable"
     assert again.btrees.get(BtreeId.inodes, pack_key(3, 0)) is None
     assert again.btrees.get(BtreeId.dirents, pack_key(3, 1)) is None
 
@@ -156,3 +161,21 @@ def test_a_mount_that_fails_writes_nothing():
             assert inner.snapshot() == image, f"failed mount (read {k}) wrote the image"
             failed_after_writes += k > reads // 2
     assert failed_after_writes > 5
+
+
+def test_stop_after_a_device_error_flushes_what_was_committed_first():
+    """A fatal error from outside a commit (a device error, corruption): the
+    transactions committed before it are made durable, then writing stops."""
+    eng = engine()
+    for i in range(20):
+        t = eng.trans()
+        t.set(BtreeId.inodes, pack_key(100 + i, 0), RAW + b"committed %d" % i)
+        t.commit()
+    assert eng.journal.nkeys and not eng.journal.durable_seq     # nothing written yet
+    eng.stop(OSError(5, "simulated device error"))
+    assert eng.failed is not None
+    with pytest.raises(EngineFailed):
+        eng.trans().commit()
+    again = Engine(MemDevice(eng.dev.snapshot()))       # a power cut right after
+    for i in range(20):
+        assert again.btrees.get(BtreeId.inodes, pack_key(100 + i, 0)) == RAW + b"committed %d" % i

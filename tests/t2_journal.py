@@ -15,7 +15,7 @@ import pytest
 from pyfs.btree.io import parse_node
 from pyfs.device import MemDevice, RecordingDevice
 from pyfs.engine import Engine
-from pyfs.format import BLOCK_SIZE, KeyType, pack_key, unpack_jset_header
+from pyfs.format import SECTOR_SIZE, KeyType, pack_key, unpack_jset_header
 from pyfs.journal.journal import Journal, JournalFull
 from pyfs.journal.read import read_journal
 from pyfs.mkfs import format_device
@@ -105,8 +105,8 @@ def test_wraparound_many_laps():
     prev = None
     for _i, off, data in writes:
         rel = off - start
-        assert rel % BLOCK_SIZE == 0, "entries start on a block boundary"
-        assert len(data) % BLOCK_SIZE == 0, "entries are whole blocks"
+        assert rel % SECTOR_SIZE == 0, "entries start on a sector boundary"
+        assert len(data) % SECTOR_SIZE == 0, "entries are whole sectors"
         assert rel % bs + len(data) <= bs, f"entry at ring offset {rel} crosses a bucket"
         seq = unpack_jset_header(data, off)[0]
         if prev is not None:
@@ -341,7 +341,7 @@ def test_head_never_enters_the_bucket_holding_last_seq():
     want = j.cur_seq
     newest = None
     with pytest.raises(JournalFull):
-        for _ in range(nb * bs // BLOCK_SIZE):
+        for _ in range(nb * bs // SECTOR_SIZE):
             newest = entry()
             sc = read_journal(dev, start, bs, nb)
             assert sc.newest.seq == newest

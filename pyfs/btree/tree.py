@@ -266,6 +266,8 @@ class BtreeSet:
     def last_before(self, btree_id: int, key: bytes, lo: bytes = ZERO_KEY
                     ) -> tuple[bytes, bytes] | None:
         """The greatest live key in [lo, key], or None."""
+        if self.roots[btree_id] is None:
+            return None         # not created yet (a read-only mount of a fresh image)
         while True:
             node = self.leaf(btree_id, key)
             kv = node.last_le(key, max(lo, node.min_key))

@@ -20,7 +20,8 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from ..format import (
-    BLOCK_SIZE,
+    JSET_HDR_SIZE,
+    SECTOR_SIZE,
     FormatError,
     JournalEntry,
     unpack_jset,
@@ -79,17 +80,17 @@ class RingReader:
         for b in range(self.nbuckets):
             buf = self.bucket(b)
             pos = 0
-            while pos + BLOCK_SIZE <= self.bsize:
-                h = unpack_jset_header(buf[pos:pos + BLOCK_SIZE], 0)
+            while pos + SECTOR_SIZE <= self.bsize:
+                h = unpack_jset_header(buf[pos:pos + JSET_HDR_SIZE], 0)
                 if h is None:
-                    pos += BLOCK_SIZE
+                    pos += SECTOR_SIZE      # entries start on sectors (blocks in v1)
                     continue
                 ring_pos = b * self.bsize + pos
                 try:
                     e = unpack_jset(buf[pos:], self.start + ring_pos)
                 except FormatError:
                     bad.setdefault(h[0], ring_pos)
-                    pos += BLOCK_SIZE
+                    pos += SECTOR_SIZE
                     continue
                 if self.space.blacklisted(e.seq):
                     pos += e.size          # a crashed session's, never durable
@@ -151,7 +152,7 @@ def read_view(dev, sb) -> JournalView:
     r = RingReader(dev, sb, space)
     good, bad = r.scan()
     view = JournalView()
-    max_chain = r.ring // BLOCK_SIZE
+    max_chain = r.ring // SECTOR_SIZE
     seqs = _newest_chain_end(sorted(good), good, view, max_chain, space)
     _fill(view, r, good, bad, seqs, space)
     cut = _cut_missing_data(dev, view)
@@ -204,8 +205,9 @@ def _cut_missing_data(dev, view: JournalView) -> int | None:
 
 
 def erase_entries(dev, sb, found: list[Found]) -> None:
-    """Zero the first block of each entry so that no later scan finds it."""
+    """Zero the first sector of each entry (its header) so that no later scan
+    finds it; the next entry may start in the sector after."""
     start = sb.journal_bucket * sb.bucket_size
-    zero = bytes(BLOCK_SIZE)
+    zero = bytes(SECTOR_SIZE)
     for f in found:
         dev.pwrite(zero, start + f.pos)

@@ -16,6 +16,12 @@ the next entry is written (a preflush, as REQ_PREFLUSH in the kernel).
 Space: an entry's space may be overwritten only once a durable entry records
 a last_seq beyond it. When the ring is full the caller reclaims (writes the
 nodes pinning the oldest sequences) and flushes; see Engine.make_journal_space.
+
+Acknowledged means written (write_committed): before the daemon answers a
+request that changed anything, the open entry is sealed and written, without
+a device flush, so a dead daemon loses nothing (the host kernel keeps every
+pwrite). Entries are immutable once written and start on 512-byte sectors,
+so an entry per request burst costs a sector or two of ring, not a block.
 """
 
 from __future__ import annotations
@@ -125,6 +131,20 @@ class Journal:
         self.nkeys += 1
         self.nbytes += JSET_KEY_SIZE + len(val)
 
+    def mark(self) -> tuple[int, int, int, int]:
+        """Where the open entry stands now (see truncate_open)."""
+        return self.cur_seq, len(self.recs), self.nkeys, self.nbytes
+
+    def truncate_open(self, mark: tuple[int, int, int, int]) -> None:
+        """Drop the key records added to the open entry since mark (all of them
+        if it was sealed since): what a failed commit left half-added."""
+        seq, nrecs, nkeys, nbytes = mark
+        if seq != self.cur_seq:
+            nrecs = nkeys = nbytes = 0
+        del self.recs[nrecs:]
+        self.nkeys = nkeys
+        self.nbytes = nbytes
+
     def add_interior(self, btree_id: int, level: int, key: bytes, val: bytes) -> None:
         self.add(btree_id, key, val, level)
 
@@ -154,6 +174,18 @@ class Journal:
     @property
     def open_empty(self) -> bool:
         return not self.nkeys
+
+    def unwritten(self) -> bool:
+        """Committed keys the image does not hold yet (a dead daemon would lose)."""
+        return bool(self.nkeys or self.sealed)
+
+    def write_committed(self) -> int:
+        """Seal the open entry and write every sealed one, without a device
+        flush: what a dead daemon must not lose (a power cut may: only a flush
+        makes it durable). Preflushes like write_sealed if nodes were written
+        since the last device flush. Returns the last written seq."""
+        self.seal()
+        return self.write_sealed()
 
     # ------------------------------------------------------------ writing
 
