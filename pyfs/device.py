@@ -819,6 +819,10 @@ class StagedDevice(_Wrapper):
         if blocks:
             self.inner.flush()
         self.stage = None
+        # From now on a plain pass-through: bind the inner device's methods
+        # here, sparing every I/O of the session a call through this wrapper.
+        for name in ("pread", "pwrite", "flush", "discard", "prefetch"):
+            setattr(self, name, getattr(self.inner, name))
         return len(blocks)
 
     def abort(self) -> None:

@@ -125,8 +125,10 @@ class Engine:
         return self.btrees.root_records()
 
     def _last_seq(self, seq: int) -> int:
-        pins = [p for p in (self.btrees.oldest_pin(), self.alloc.state.oldest_pin()) if p]
-        return min(pins + [seq])
+        """The oldest seq whose keys are not all in written nodes (pins: 0 = none)."""
+        a = self.btrees.oldest_pin() or seq
+        b = self.alloc.state.oldest_pin() or seq
+        return min(a, b, seq)
 
     def _mount(self) -> None:
         sb = self.sb
@@ -437,9 +439,7 @@ class Engine:
         """The ring is nearly full: write the oldest pinned nodes and flush."""
         self.counters["journal_full_waits"] += 1
         self.reclaim()
-        self.journal.seal(force=True)
-        self.journal.write_sealed()
-        self.journal.device_flush()
+        self.journal.record_advance()
 
     def flush(self) -> int:
         """Make every committed transaction durable; return the durable seq."""
@@ -452,14 +452,14 @@ class Engine:
         j = self.journal
         j.seal()
         while j.sealed and j.needs_preflush():
-            gen, wseq = j.node_gen, j.written_seq
+            token = j.flush_token()
             await run_sync(self.dev.flush)
-            j.flush_done(gen, wseq)
+            j.flush_done(token)
             self.counters["journal_preflushes"] += 1
         j.write_sealed()
-        gen, wseq = j.node_gen, j.written_seq
+        token = j.flush_token()
         await run_sync(self.dev.flush)
-        j.flush_done(gen, wseq)
+        j.flush_done(token)
         return j.durable_seq
 
     def sync_all(self) -> None:
@@ -472,9 +472,7 @@ class Engine:
             self.alloc.apply_deferred(self.journal.cur_seq)
             if not st.cache and not self.btrees.dirty and not self.alloc.pending_bp:
                 break
-        self.journal.seal(force=True)
-        self.journal.write_sealed()
-        self.journal.device_flush()
+        self.journal.record_advance()
 
     def close(self, clean: bool = True) -> None:
         """Unmount: with clean, write everything and mark the superblock clean."""

@@ -572,11 +572,16 @@ def encode_jset_keys(records) -> bytes:
     return b"".join(out)
 
 
+def pack_jset_roots(roots) -> bytes:
+    return b"".join(_jset_root.pack(b, lv, off, nseq, bytes(16)) for b, lv, off, nseq in roots)
+
+
 def pack_jset(seq: int, last_seq: int, roots, nkeys: int, keys_payload: bytes,
-              flushed_seq: int = 0) -> bytes:
-    """Encode a whole journal entry padded to whole blocks."""
-    root_bytes = b"".join(_jset_root.pack(b, lv, off, nseq, bytes(16))
-                          for b, lv, off, nseq in roots)
+              flushed_seq: int = 0, root_bytes: bytes | None = None) -> bytes:
+    """Encode a whole journal entry padded to whole sectors (root_bytes: roots
+    already packed with pack_jset_roots)."""
+    if root_bytes is None:
+        root_bytes = pack_jset_roots(roots)
     payload = root_bytes + keys_payload
     hdr = _jset_hdr.pack(JOURNAL_MAGIC, JSET_VERSION, 0, seq, last_seq, flushed_seq,
                          len(roots), nkeys, len(payload), 0)

@@ -208,9 +208,9 @@ class Flusher:
         j = self.eng.journal
         done = self.running = trio.Event()
         try:
-            gen, wseq = j.node_gen, j.written_seq
+            token = j.flush_token()
             await self.run_sync(self.eng.dev.flush)
-            j.flush_done(gen, wseq)
+            j.flush_done(token)
             self.eng.counters["journal_preflushes"] += 1
         except BaseException as e:
             if not isinstance(e, trio.Cancelled):

@@ -15,7 +15,7 @@ import pytest
 from pyfs.btree.io import parse_node
 from pyfs.device import MemDevice, RecordingDevice
 from pyfs.engine import Engine
-from pyfs.format import SECTOR_SIZE, KeyType, pack_key, unpack_jset_header
+from pyfs.format import SECTOR_SIZE, KeyType, pack_key, unpack_jset, unpack_jset_header
 from pyfs.journal.journal import Journal, JournalFull
 from pyfs.journal.read import read_journal
 from pyfs.mkfs import format_device
@@ -210,7 +210,7 @@ def test_group_commit_one_flush_covers_all():
     assert {k for _b, _l, k, _v in sc.newest.keys} >= {pack_key(1, i) for i in range(10)}
 
 
-def test_preflush_only_after_node_writes():
+def test_preflush_only_before_entries_that_point_at_unflushed_nodes():
     dev = image()
     rec = RecordingDevice(dev)
     eng = Engine(rec)
@@ -223,19 +223,39 @@ def test_preflush_only_after_node_writes():
     pre = c["journal_preflushes"]
     eng.flush()
     assert c["journal_preflushes"] == pre
-    # A node write: the journal write that follows is ordered after a flush.
+    # Plain node writes (bsets appended, as reclaim and eviction do): the next
+    # entry needs no preflush, but may not record a last_seq they alone support.
     t = eng.trans()
     t.set(1, pack_key(1, 2), bytes([KeyType.raw]))
     t.commit()
-    mark = len(rec.log)
+    safe = eng.journal.durable_last_seq
+    eng.alloc.state.flush_cache()           # alloc keys into the btree: nothing pinned
     assert eng.btrees.flush_all() > 0
+    mark = len(rec.log)
+    eng.flush()
+    assert c["journal_preflushes"] == pre
+    (_i, off, data), = [w for w in journal_writes(rec, eng) if w[0] >= mark]
+    assert unpack_jset(data, off).last_seq <= max(safe, eng.journal.safe_last_seq)
+    # After that flush the next entry may record the advance.
+    t = eng.trans()
+    t.set(1, pack_key(1, 3), bytes([KeyType.raw]))
+    t.commit()
+    eng.flush()
+    assert eng.journal.durable_last_seq > safe
+    # A split: its pointer changes point at new nodes, so the entry holding
+    # them is written only after a flush covering those nodes.
+    mark = len(rec.log)
+    splits = c["btree_splits"]
+    i = 10
+    while c["btree_splits"] == splits:
+        t = eng.trans()
+        t.set(1, pack_key(2, i), bytes([KeyType.raw]) + bytes(200))
+        t.commit()
+        i += 1
     eng.flush()
     assert c["journal_preflushes"] == pre + 1
-    ops = rec.log[mark:]
-    kinds = [op[0] for op in ops]
-    jw = [i for i, _o, _d in journal_writes(rec, eng) if i >= mark]
-    assert len(jw) == 1
-    first_j = jw[0] - mark
+    kinds = [op[0] for op in rec.log[mark:]]
+    first_j = min(w[0] for w in journal_writes(rec, eng) if w[0] >= mark) - mark
     assert "write" in kinds[:first_j] and kinds[first_j - 1] == "flush", kinds
     assert kinds[-1] == "flush"
 
@@ -263,6 +283,11 @@ def test_reclaim_writes_oldest_pins_and_advances_last_seq():
     eng.reclaim()
     assert eng.counters["btree_node_writes_reclaim"] > n_before
     assert bt.oldest_pin() == 0 or bt.oldest_pin() > oldest
+    eng.flush()             # makes the node writes durable: the entry after it may
+    assert j.durable_last_seq == last_before
+    t = eng.trans()         # record the advance
+    t.set(5, pack_key(1, 1), bytes([KeyType.raw]))
+    t.commit()
     eng.flush()
     assert j.durable_last_seq > last_before
     sc = scan(dev, eng)

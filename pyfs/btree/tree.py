@@ -99,6 +99,8 @@ class BtreeSet:
             cache_nodes = max(64, NODE_CACHE_BYTES // node_size)
         self.cache_nodes = max(cache_nodes, 16)
         self.roots: list[Node | None] = [None] * BTREE_ID_NR
+        self.roots_gen = 0                     # bumped whenever a root changes
+        self._records: tuple[int, list] = (-1, [])
         self.cache: dict[bytes, Node] = {}
         self.dirty: dict[Node, None] = {}      # insertion order == pin order
         self.frozen = False                    # set by Engine.fail: write nothing more
@@ -187,16 +189,24 @@ class BtreeSet:
         """An empty leaf root, written at once so a journal entry may point at it."""
         node = self._new_node(btree_id, 0, ZERO_KEY, MAX_KEY)
         self.roots[btree_id] = node
+        self.roots_gen += 1
         self.write_node(node, "new")
         return node
 
     def set_root(self, btree_id: int, level: int, offset: int, node_seq: int) -> None:
         ptr = pack_btree_ptr(offset, node_seq)
         self.roots[btree_id] = self._node(ptr, btree_id, level, ZERO_KEY, MAX_KEY)
+        self.roots_gen += 1
 
     def root_records(self) -> list[tuple[int, int, int, int]]:
-        return [(r.btree_id, r.level, r.offset, r.node_seq)
-                for r in self.roots if r is not None]
+        """(btree, level, offset, node_seq) of every root; the same list object
+        until a root changes (every journal entry asks)."""
+        gen, records = self._records
+        if gen != self.roots_gen:
+            records = [(r.btree_id, r.level, r.offset, r.node_seq)
+                       for r in self.roots if r is not None]
+            self._records = (self.roots_gen, records)
+        return records
 
     def _new_node(self, btree_id: int, level: int, min_key: bytes, max_key: bytes) -> Node:
         offset = self.space.alloc_node(btree_id, level, min_key)
@@ -369,6 +379,7 @@ class BtreeSet:
         seq = self.journal.cur_seq
         if parent is None:
             self.roots[child.btree_id] = child
+            self.roots_gen += 1
             return
         parent.insert(child.min_key, child.ptr)
         self._pin(parent, seq)
@@ -440,6 +451,7 @@ class BtreeSet:
             self._set_ptr(parent, n)
         if new_root:
             self.roots[node.btree_id] = parent
+            self.roots_gen += 1
         self._retire(node)
         if parent.new:
             self.write_node(parent, "new")
@@ -501,6 +513,7 @@ class BtreeSet:
     def _collapse_root(self, root: Node, child: Node) -> None:
         """A root with one child hands the root slot to that child."""
         self.roots[root.btree_id] = child
+        self.roots_gen += 1
         self._retire(root)
 
     # ------------------------------------------------------------ writing

@@ -9,9 +9,13 @@ durable at once, so every waiter covered by one write + flush shares it
 (group commit).
 
 Ordering: a journal entry may point at btree nodes (roots, pointer changes) or
-advance last_seq past keys that now live only in node writes. So if any node
-was written since the last device flush began, the device is flushed before
-the next entry is written (a preflush, as REQ_PREFLUSH in the kernel).
+advance last_seq past keys that now live only in node writes. An entry that
+points at nodes (it holds pointer changes, or roots other than the entry
+before it) is written only after a device flush that covers every node
+written before it was sealed (a preflush, as REQ_PREFLUSH in the kernel). An
+entry sealed while node writes are unflushed records no last_seq newer than
+the one the last flush made safe, so the plain writes of reclaim and eviction
+never cost a flush of their own.
 
 Space: an entry's space may be overwritten only once a durable entry records
 a last_seq beyond it. When the ring is full the caller reclaims (writes the
@@ -36,6 +40,7 @@ from ..format import (
     JSET_ROOT_SIZE,
     pack_jset,
     pack_jset_key,
+    pack_jset_roots,
 )
 
 COUNTERS = (
@@ -88,6 +93,14 @@ class Journal:
         # Node writes issued vs. covered by a completed device flush.
         self.node_gen = 0
         self.flushed_node_gen = 0
+        # The newest last_seq that flushed node writes support: what an entry
+        # sealed while node writes are unflushed may record at most.
+        self.safe_last_seq = 0
+        # The open entry points at nodes (pointer changes); the roots the last
+        # sealed entry recorded, and their packed form.
+        self.open_points_at_nodes = False
+        self.last_roots: list | None = None
+        self.root_bytes = b""
         # After an engine failure nothing more is written (see Engine.fail).
         self.frozen = False
         # Seqs past seq_limit need a new reservation in the superblock first.
@@ -114,6 +127,8 @@ class Journal:
             self.head = head
         self.cur_seq = next_seq
         self.written_seq = self.durable_seq = self.mount_seq = next_seq - 1
+        # Nothing to replay yet: this session's first entry is a safe last_seq.
+        self.safe_last_seq = self.durable_last_seq or next_seq
 
     # ------------------------------------------------------------ adding keys
 
@@ -147,6 +162,7 @@ class Journal:
 
     def add_interior(self, btree_id: int, level: int, key: bytes, val: bytes) -> None:
         self.add(btree_id, key, val, level)
+        self.open_points_at_nodes = True
 
     def node_written(self) -> None:
         self.node_gen += 1
@@ -161,9 +177,21 @@ class Journal:
         if self.seq_limit is not None and seq >= self.seq_limit and self.on_seq_limit:
             self.on_seq_limit(seq + 1)
         last = self.last_seq_fn(seq)
-        data = pack_jset(seq, last, self.roots_fn(), self.nkeys, b"".join(self.recs),
-                         min(self.durable_seq, seq - 1))
-        self.sealed.append((seq, last, data))
+        unflushed = self.node_gen != self.flushed_node_gen
+        if unflushed:
+            last = min(last, max(self.safe_last_seq, self.durable_last_seq))
+        roots = self.roots_fn()
+        if roots != self.last_roots:
+            self.last_roots = roots
+            self.root_bytes = pack_jset_roots(roots)
+            points = True
+        else:
+            points = self.open_points_at_nodes
+        data = pack_jset(seq, last, roots, self.nkeys, b"".join(self.recs),
+                         min(self.durable_seq, seq - 1), self.root_bytes)
+        # (seq, last_seq, data, the node writes it must follow: 0 if none)
+        self.sealed.append((seq, last, data, self.node_gen if points and unflushed else 0))
+        self.open_points_at_nodes = False
         self.recs = []
         self.nkeys = 0
         self.nbytes = 0
@@ -190,7 +218,14 @@ class Journal:
     # ------------------------------------------------------------ writing
 
     def needs_preflush(self) -> bool:
-        return self.node_gen != self.flushed_node_gen
+        """Whether writing what is committed must wait for a device flush: a
+        sealed entry, or the open one once sealed, points at nodes written
+        since the last flush."""
+        if self.node_gen == self.flushed_node_gen:
+            return False
+        if self.open_points_at_nodes or self.roots_fn() != self.last_roots:
+            return True
+        return any(dep > self.flushed_node_gen for _s, _l, _d, dep in self.sealed)
 
     def _place(self, size: int) -> int:
         pos = self.head
@@ -219,7 +254,7 @@ class Journal:
         """Ring bytes free once the sealed entries are written."""
         tail = self._tail()
         used = 0 if tail is None else self.head - tail
-        return self.ring - used - sum(len(d) for _s, _l, d in self.sealed)
+        return self.ring - used - sum(len(d) for _s, _l, d, _dep in self.sealed)
 
     def needs_space(self) -> bool:
         return self.space_free() < self.reserve_bytes
@@ -234,11 +269,11 @@ class Journal:
         no room. Returns the last written seq."""
         if self.frozen:
             raise OSError(5, "journal stopped after an engine failure")
-        if self.sealed and self.needs_preflush():
+        if any(dep > self.flushed_node_gen for _s, _l, _d, dep in self.sealed):
             self.device_flush()
             self.c["journal_preflushes"] += 1
         while self.sealed:
-            seq, last, data = self.sealed[0]
+            seq, last, data, _dep = self.sealed[0]
             pos = self._place(len(data))
             self.dev.pwrite(data, self.start + pos % self.ring)
             self.sealed.popleft()
@@ -253,14 +288,19 @@ class Journal:
         """fdatasync; everything written before it started becomes durable."""
         if self.frozen:
             raise OSError(5, "journal stopped after an engine failure")
-        gen = self.node_gen
-        wseq = self.written_seq
+        token = self.flush_token()
         self.dev.flush()
-        self.flush_done(gen, wseq)
+        self.flush_done(token)
 
-    def flush_done(self, node_gen: int, written_seq: int) -> None:
+    def flush_token(self) -> tuple[int, int, int]:
+        """What a device flush starting now covers (for flush_done)."""
+        return self.node_gen, self.written_seq, self.last_seq_fn(self.cur_seq)
+
+    def flush_done(self, token: tuple[int, int, int]) -> None:
+        node_gen, written_seq, last_seq = token
         self.c["journal_flushes"] += 1
         self.flushed_node_gen = max(self.flushed_node_gen, node_gen)
+        self.safe_last_seq = max(self.safe_last_seq, last_seq)
         if written_seq >= self.durable_seq:
             self.durable_seq = written_seq
             for seq, _pos, _size, last in reversed(self.entries):
@@ -269,6 +309,16 @@ class Journal:
                     break
             for fn in self.on_durable:
                 fn(written_seq)
+
+    def record_advance(self) -> None:
+        """Make the node writes done so far durable, then seal, write and flush
+        an entry recording how far they reach (last_seq): the ring space before
+        it comes back. (An entry sealed while node writes are unflushed records
+        no such advance, see seal.)"""
+        self.device_flush()
+        self.seal(force=True)
+        self.write_sealed()
+        self.device_flush()
 
     def flush(self) -> int:
         """Make everything committed so far durable (synchronous). Returns durable seq."""
