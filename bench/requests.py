@@ -106,18 +106,56 @@ def placements() -> list[tuple[str, int, int]]:
     return out
 
 
+class DaemonCPU:
+    """CPU time a daemon uses between two points: the sum of its threads'
+    schedstat run times (ns), unless a thread ended meanwhile (libfuse's
+    workers come and go) and took its time along: then the process's
+    utime + stime, which keep the time of ended threads, in clock ticks.
+    Unlike elapsed time, machine load does not inflate it."""
+
+    TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.threads, self.ticks = self._sample()
+
+    def _sample(self) -> tuple[dict[str, int], int]:
+        threads = {}
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/schedstat") as f:
+                    threads[tid] = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass        # a thread that just ended
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return threads, int(fields[11]) + int(fields[12])
+
+    def us(self) -> float:
+        """Microseconds of CPU since construction."""
+        threads, ticks = self._sample()
+        if self.threads.keys() <= threads.keys():
+            return (sum(threads.values()) - sum(self.threads.values())) / 1e3
+        return (ticks - self.ticks) * self.TICK_NS / 1e3
+
+
 def measure(peer: wl.Peer, args) -> dict:
-    out: dict = {"getxattr_us": {}}
+    out: dict = {"getxattr_us": {}, "getxattr_cpu_us": {}}
+    pid = peer.proc.pid
     f = peer.mnt / "x"
     f.write_bytes(b"x")
     everywhere = os.sched_getaffinity(0)
     for name, ccpu, dcpu in placements():
-        pin_daemon(peer.proc.pid, {dcpu} if dcpu >= 0 else everywhere)
+        pin_daemon(pid, {dcpu} if dcpu >= 0 else everywhere)
+        cpu = DaemonCPU(pid)
         out["getxattr_us"][name] = wl.worker("getxattr-lat", f, args.ops, ccpu,
                                              timeout=600)["us"]
-    pin_daemon(peer.proc.pid, everywhere)
+        out["getxattr_cpu_us"][name] = cpu.us() / args.ops
+    pin_daemon(pid, everywhere)
+    cpu = DaemonCPU(pid)
     out["steps_us"] = wl.worker("fsmark-steps", peer.mnt, args.files, timeout=600)
     out["steps_us"]["total"] = sum(out["steps_us"][s] for s in STEPS)
+    out["steps_us"]["daemon CPU"] = cpu.us() / args.files
     return out
 
 
@@ -211,8 +249,11 @@ def trace_phases(peer: wl.Peer, files: int) -> dict:
     tr = FuseTrace(peer.mnt)
     try:
         for name, fn in phases:
+            meter = DaemonCPU(peer.proc.pid)
             ops, secs = tr.count(fn)
-            out[name] = {"seconds": secs, "files": files,
+            cpu = meter.us()
+            out[name] = {"seconds": secs, "files": files, "cpu_us_per_file": cpu / files,
+                         "cpu_us_per_request": cpu / max(1, sum(ops.values())),
                          "per_file": sum(ops.values()) / files,
                          "requests": dict(ops.most_common())}
     finally:
@@ -237,7 +278,7 @@ def run_peer(name: str, workdir: Path, args, trace: bool) -> dict:
 
 def medians(runs: list[dict]) -> dict:
     out: dict = {}
-    for key in ("getxattr_us", "steps_us"):
+    for key in ("getxattr_us", "getxattr_cpu_us", "steps_us"):
         out[key] = {k: statistics.median(r[key][k] for r in runs) for k in runs[0][key]}
     return out
 
@@ -249,18 +290,20 @@ def _ratio_cols(peers: list[str]) -> list[str]:
 def report(res: dict, peers: list[str]) -> str:
     cols = _ratio_cols(peers)
     names = [f"{BASE}/{p}" for p in cols]
-    head = f"  {'':16}" + "".join(f"{p:>12}" for p in peers) + \
+    head = f"  {'':22}" + "".join(f"{p:>12}" for p in peers) + \
         "".join(f"{n:>{len(n) + 2}}" for n in names)
 
     def row(label: str, vals: dict[str, float]) -> str:
-        return f"  {label:16}" + "".join(f"{vals[p]:12.1f}" for p in peers) + \
+        return f"  {label:22}" + "".join(f"{vals[p]:12.1f}" for p in peers) + \
             "".join(f"{vals[BASE] / vals[p]:{len(n) + 1}.2f}x" for p, n in zip(cols, names))
 
-    lines = ["one getxattr round trip (us)", head]
+    lines = ["one getxattr round trip (us), and the daemon's CPU time for it", head]
     for name in res[peers[0]]["getxattr_us"]:
         lines.append(row(name, {p: res[p]["getxattr_us"][name] for p in peers}))
+    for name in res[peers[0]]["getxattr_cpu_us"]:
+        lines.append(row(f"  CPU, {name}", {p: res[p]["getxattr_cpu_us"][name] for p in peers}))
     lines += ["", "fs_mark -S 1 sequence, per file (us)", head]
-    for s in (*STEPS, "total"):
+    for s in (*STEPS, "total", "daemon CPU"):
         lines.append(row(s, {p: res[p]["steps_us"][s] for p in peers}))
     if cols:
         lines.append("  (ratios above 1: that peer is faster than fuse2fs)")
@@ -268,7 +311,7 @@ def report(res: dict, peers: list[str]) -> str:
 
 
 def trace_report(traces: dict, peers: list[str]) -> str:
-    lines = ["FUSE requests per file (tracefs), and the phase's seconds"]
+    lines = ["FUSE requests per file (tracefs); the phase's seconds; daemon CPU us per request"]
     for phase in traces[peers[0]]:
         lines.append(f"  {phase}")
         for p in peers:
@@ -276,7 +319,8 @@ def trace_report(traces: dict, peers: list[str]) -> str:
             n = t["files"]
             each = ", ".join(f"{op.removeprefix('FUSE_')} {c / n:.2f}"
                              for op, c in t["requests"].items() if c / n >= 0.005)
-            lines.append(f"    {p:12} {t['per_file']:6.2f}/file {t['seconds']:7.2f} s   {each}")
+            lines.append(f"    {p:12} {t['per_file']:6.2f}/file {t['seconds']:7.2f} s "
+                         f"{t['cpu_us_per_request']:6.1f} us   {each}")
     return "\n".join(lines)
 
 
