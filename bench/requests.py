@@ -18,8 +18,8 @@ bench/workloads.py worker, timing each syscall) measures:
    `open(O_CREAT|O_TRUNC)` (LOOKUP + CREATE), a 4 KiB `write` (the kernel's
    `security.capability` GETXATTR + WRITE), `fsync`, `close`.
 
---reps N repeats both for every peer, the peer order rotated per repetition,
-and reports medians. Ratios are fuse2fs time / pyfs time (above 1: pyfs is
+--reps N repeats everything for every peer, the peer order rotated per
+repetition, and reports medians. Ratios are fuse2fs time / pyfs time (above 1: pyfs is
 faster).
 
 --trace (root; mounts tracefs if needed) also counts the FUSE requests the
@@ -283,6 +283,16 @@ def medians(runs: list[dict]) -> dict:
     return out
 
 
+def trace_medians(runs: list[dict]) -> dict:
+    """The first run's request counts; the medians of the times."""
+    out = {}
+    for phase, first in runs[0].items():
+        out[phase] = dict(first)
+        for key in ("seconds", "cpu_us_per_file", "cpu_us_per_request"):
+            out[phase][key] = statistics.median(r[phase][key] for r in runs)
+    return out
+
+
 def _ratio_cols(peers: list[str]) -> list[str]:
     return [p for p in peers if p != BASE] if BASE in peers else []
 
@@ -334,8 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     parent = os.environ.get("PYFS_BENCH_DIR") or None
     if parent:
         os.makedirs(parent, exist_ok=True)
-    res: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args), "runs": []}
+    res: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args), "runs": [],
+                 "trace_runs": []}
     runs: dict[str, list[dict]] = {p: [] for p in args.peers}
+    traces: dict[str, list[dict]] = {p: [] for p in args.peers}
     with tempfile.TemporaryDirectory(prefix="pyfs-requests-", dir=parent) as tmp:
         try:
             for rep in range(args.reps):
@@ -343,11 +355,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"rep {rep + 1}: {name} ...", flush=True)
                     runs[name].append(run_peer(name, Path(tmp), args, trace=False))
                     res["runs"].append({"rep": rep, "peer": name, **runs[name][-1]})
-            if args.trace:
-                res["trace"] = {}
-                for name in args.peers:
-                    print(f"trace: {name} ...", flush=True)
-                    res["trace"][name] = run_peer(name, Path(tmp), args, trace=True)
+                    if args.trace:
+                        traces[name].append(run_peer(name, Path(tmp), args, trace=True))
+                        res["trace_runs"].append({"rep": rep, "peer": name,
+                                                  **traces[name][-1]})
         except TraceError as e:
             print(f"requests.py: --trace: {e}", file=sys.stderr)
             return 1
@@ -356,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                 peer.stop()
     for name in args.peers:
         res[name] = medians(runs[name])
+    if args.trace:
+        res["trace"] = {name: trace_medians(traces[name]) for name in args.peers}
     print()
     print(report(res, args.peers))
     if args.trace:
