@@ -7,9 +7,10 @@ an uncontended lock acquire that still passes through the scheduler, an
 EPOLLONESHOT re-arm plus a park, and a switch to the other task: about as
 much as pyfs's handlers cost.
 
-pyfuse3 looks its `trio` module up at call time (the hook pyfuse3.asyncio
-uses to swap the event loop). `session_loop()` puts a namespace there for the
-length of one session that differs from trio in four places:
+pyfuse3 looks its `trio` module up at call time: the hook pyfuse3.asyncio
+uses to swap the event loop, and the one attribute of another module pyfs
+sets (for one session, restored after). `session_loop()` puts a namespace
+there that differs from trio in four places:
 
 - the read lock does not checkpoint when it is free and is not passed on when
   released: the task that just answered a request takes it again and reads
