@@ -18,10 +18,15 @@ there that differs from trio in four places:
 - waiting for /dev/fuse first asks `poll(0)`; only an empty queue parks the
   task in trio. Every FAST_STREAK reads without a park it yields to trio once,
   so the journal flush timer, housekeeping and woken fsync waiters still run;
-- `handoff()`, called by a handler just before it blocks (pyfs's fsync waiting
-  for a journal flush), wakes a parked spare to read the requests that come
-  meanwhile; a handler that blocks without it only delays the requests queued
-  behind it until it resumes;
+- a handler that blocks hands the reading over to a parked spare: trio calls
+  `before_io_wait` on an instrument of ours once per scheduler pass, and a
+  pass that finds the read lock free means the task that released it is
+  suspended in a handler. `handoff()` does the same at once, for a handler
+  that knows it is about to block (fsync waiting for a journal flush, so the
+  requests queued meanwhile join that flush). Without the hand-off a handler
+  that waits for the kernel would deadlock: pyfuse3.invalidate_inode (in a
+  worker thread after an O_DIRECT write) waits for page locks that READs in
+  flight hold until the daemon answers them;
 - the spares are woken when the session ends (`terminate()`, or a reader that
   read the kernel's ENODEV at unmount), since nobody else would wake them.
 
@@ -108,6 +113,25 @@ class _ReaderNursery:
         return getattr(self._nursery, name)
 
 
+class _HandoffWatch(trio.abc.Instrument):
+    """Once per scheduler pass (not per request): a free read lock means its
+    last holder is suspended in a handler; a spare takes over the reading.
+    The pass has already chosen how long to wait for I/O, so a hand-off also
+    pokes trio's wakeup channel, or the spare would sleep through that wait."""
+
+    def __init__(self, loop: LeanLoop) -> None:
+        self.loop = loop
+        self.token = trio.lowlevel.current_trio_token()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self.loop.handoff() and timeout > 0:
+            self.token.run_sync_soon(_nothing)
+
+
+def _nothing() -> None:
+    pass
+
+
 class LeanLoop:
     """The state of one session: its read lock, poll objects and counters."""
 
@@ -131,8 +155,14 @@ class LeanLoop:
 
     @asynccontextmanager
     async def open_nursery(self):
-        async with trio.open_nursery() as nursery:
-            yield _ReaderNursery(nursery, self)
+        """pyfuse3.main()'s nursery of reader tasks: the session."""
+        watch = _HandoffWatch(self)
+        trio.lowlevel.add_instrument(watch)
+        try:
+            async with trio.open_nursery() as nursery:
+                yield _ReaderNursery(nursery, self)
+        finally:
+            trio.lowlevel.remove_instrument(watch)
 
     async def reader_task(self, fn, args: tuple) -> None:
         try:
@@ -167,9 +197,12 @@ class LeanLoop:
         self.wake_all()
         trio.lowlevel.notify_closing(fd)
 
-    def handoff(self) -> None:
-        if self.lock is not None and self.lock.handoff():
-            self.counters["fuse_loop_handoffs"] += 1
+    def handoff(self) -> bool:
+        """Wake a spare if the read lock is free; whether one was woken."""
+        if self.lock is None or not self.lock.handoff():
+            return False
+        self.counters["fuse_loop_handoffs"] += 1
+        return True
 
     def wake_all(self) -> None:
         if self.lock is not None:
@@ -181,8 +214,9 @@ _active: LeanLoop | None = None
 
 def handoff() -> None:
     """Call just before a handler blocks (awaits something that parks): a
-    spare reader serves the requests that arrive meanwhile. A no-op under
-    the stock loop, which keeps a reader waiting on /dev/fuse all the time."""
+    spare reader serves the requests that arrive meanwhile, from now rather
+    than from the next scheduler pass. A no-op under the stock loop, which
+    keeps a reader waiting on /dev/fuse all the time."""
     if _active is not None:
         _active.handoff()
 

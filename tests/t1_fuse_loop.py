@@ -90,6 +90,35 @@ def test_release_keeps_the_lock_from_spares_until_handoff():
     trio.run(main)
 
 
+def test_a_suspended_handler_hands_the_reading_over():
+    """In the session's nursery, a scheduler pass that finds the lock free
+    (its holder is suspended in a handler) wakes a spare at once; no call
+    needed."""
+    async def main():
+        loop = LeanLoop(new_counters())
+        ns = loop.namespace
+        lock = ns.Lock()
+        took = trio.Event()
+
+        async def spare() -> None:
+            async with lock:
+                took.set()
+
+        async with ns.open_nursery() as n:
+            await lock.__aenter__()
+            n.start_soon(spare)
+            await settle()
+            await trio.sleep(0.01)              # blocked with the lock held: no hand-off
+            assert not took.is_set()
+            await lock.__aexit__(None, None, None)
+            t0 = trio.current_time()
+            with trio.fail_after(5):
+                await took.wait()               # a handler waiting for a thread, say
+            assert trio.current_time() - t0 < 1     # not at the end of trio's I/O wait
+            assert loop.counters["fuse_loop_handoffs"] == 1
+    trio.run(main)
+
+
 def test_wait_readable_polls_then_parks_and_yields_every_streak():
     async def main():
         loop = LeanLoop(new_counters())
