@@ -46,7 +46,9 @@ BASE = "fuse2fs"               # the peer the targets are set against
 REF = "ext4"
 PYFS = "pyfs"
 WB = "pyfs-wb4096"
+STOCK = "pyfs-stock"           # pyfs on pyfuse3's stock session loop (not run by default)
 ALL_PEERS = [PYFS, WB, BASE, REF]
+KNOWN_PEERS = [PYFS, STOCK, WB, BASE, REF]
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="tiny workloads (fs_mark 200 files, 1,000-file tree, 16 MiB dd)")
     p.add_argument("--peers", default=",".join(ALL_PEERS),
-                   help=f"comma-separated, from {','.join(ALL_PEERS)} (default all)")
+                   help=f"comma-separated, from {','.join(KNOWN_PEERS)} "
+                        f"(default {','.join(ALL_PEERS)})")
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help="comma-separated workload names (default all)")
     p.add_argument("--results-dir", default=str(RESULTS),
@@ -398,7 +401,7 @@ def table(rows: list[list[str]], right_from: int = 1) -> str:
 
 def report(summary: dict, args) -> str:
     med, rat = summary["medians"], summary["ratios"]
-    peers = [p for p in ALL_PEERS if p in args.peers]
+    peers = [p for p in KNOWN_PEERS if p in args.peers]
     head = ["workload / metric", "unit", *peers]
     if PYFS in peers:
         head += [f"{PYFS}/{o}" for o in (BASE, REF) if o in peers]
@@ -465,7 +468,7 @@ def report(summary: dict, args) -> str:
     return "\n".join(out)
 
 
-PEER_COLORS = {PYFS: "#1f77b4", WB: "#aec7e8", BASE: "#ff7f0e", REF: "#7f7f7f"}
+PEER_COLORS = {PYFS: "#1f77b4", STOCK: "#9467bd", WB: "#aec7e8", BASE: "#ff7f0e", REF: "#7f7f7f"}
 
 
 def chart(summary: dict, args, path: Path, title: str) -> str | None:
@@ -486,7 +489,7 @@ def chart(summary: dict, args, path: Path, title: str) -> str | None:
     cols = 4
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
-    peers = [p for p in ALL_PEERS if p in args.peers]
+    peers = [p for p in KNOWN_PEERS if p in args.peers]
     for ax, (w, m) in zip(axes.flat, panels):
         names, vals = [], []
         for p in peers:

@@ -640,6 +640,7 @@ PEER_KINDS = {
     # name -> (class, mount options)
     "pyfs": (PyfsPeer, ""),
     "pyfs-wb4096": (PyfsPeer, "btree_write_buffer=4096"),
+    "pyfs-stock": (PyfsPeer, "fuse_loop=stock"),     # pyfuse3's own session loop
     "fuse2fs": (Fuse2fsPeer, ""),
     "ext4": (Ext4Peer, ""),
 }

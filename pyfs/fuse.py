@@ -39,6 +39,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from . import fuse_loop
 from .alloc.foreground import NoSpace
 from .fs import Attr, Filesystem, FSError, stops_writes
 
@@ -159,6 +160,7 @@ class Flusher:
         j = self.eng.journal
         if j.durable_seq >= seq:
             return
+        fuse_loop.handoff()             # another reader serves requests meanwhile
         self.waiting.append(seq)
         try:
             while j.durable_seq < seq:

@@ -34,6 +34,7 @@ HOUSEKEEPING_S = 0.2            # reclaim / evict / discard / copygc cadence
 DISCARDS_PER_TICK = 256
 UMOUNT_TIMEOUT_S = 120.0
 FSTYPE = "fuse.pyfs"            # what the kernel calls a pyfs mount (subtype=pyfs)
+FUSE_LOOPS = ("lean", "stock")  # see pyfs/fuse_loop.py
 
 
 class MountFailed(Exception):
@@ -75,6 +76,7 @@ class MountOptions:
     discard: bool = True
     foreground: bool = False
     errors: str = "remount-ro"
+    fuse_loop: str = "lean"             # or "stock": pyfuse3's own (see fuse_loop.py)
     passthrough: list[str] = field(default_factory=list)
 
     def fuse_options(self, image: str) -> set[str]:
@@ -106,6 +108,12 @@ def _int_opt(name: str, val: str, lo: int) -> int:
     if n < lo:
         raise MountFailed(f"mount option {name}={val}: must be at least {lo}")
     return n
+
+
+def _choice_opt(name: str, val: str, choices: tuple[str, ...]) -> str:
+    if val not in choices:
+        raise MountFailed(f"mount option {name}={val}: one of {', '.join(choices)}")
+    return val
 
 
 def _size_opt(name: str, val: str) -> int:
@@ -156,6 +164,8 @@ def _valued(o: MountOptions, name: str, val: str) -> bool:
         o.fsname = val
     elif name == "errors":
         o.errors = _errors_opt(val)
+    elif name == "fuse_loop":
+        o.fuse_loop = _choice_opt(name, val, FUSE_LOOPS)
     else:
         return False
     return True
@@ -475,11 +485,14 @@ def _shutdown(ops) -> int:
 async def _main(ops, opts: MountOptions, ready) -> None:
     import pyfuse3
     import trio
+
+    from .fuse_loop import session_loop
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals)
         nursery.start_soon(_background, ops, opts)
         ready()
-        await pyfuse3.main()
+        with session_loop(pyfuse3, opts.fuse_loop, ops.eng.counters):
+            await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 

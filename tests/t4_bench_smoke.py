@@ -95,7 +95,8 @@ def test_files_written(result):
     assert not result["meta"]["interrupted"]
 
 
-def _run_quick(name: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+def _run_quick(name: str, tmp_path: Path, *extra: str
+               ) -> tuple[subprocess.CompletedProcess, dict]:
     """bench/<name>.py --quick with its images under tmp_path; its output and JSON."""
     why = _missing()
     if why and not IN_CI:
@@ -103,7 +104,7 @@ def _run_quick(name: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, 
     out = tmp_path / "results"
     env = dict(os.environ, PYFS_BENCH_DIR=str(tmp_path / "work"))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / f"{name}.py"), "--quick", "--results-dir",
+        [sys.executable, str(REPO / "bench" / f"{name}.py"), "--quick", *extra, "--results-dir",
          str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{name}.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc, json.loads((out / f"{name}-latest.json").read_text())
@@ -133,4 +134,27 @@ def test_requests_quick(tmp_path):
         steps = data[peer]["steps_us"]
         assert all(steps[s] > 0 for s in ("mkdir", "open", "write", "fsync", "close"))
     assert "fuse2fs/pyfs" in proc.stdout
+    assert not list((tmp_path / "work").iterdir())
+
+
+def _fuse_tracepoint() -> bool:
+    root = Path("/sys/kernel/tracing")
+    if not (root / "instances").is_dir():
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(root)], capture_output=True)
+    return (root / "events/fuse/fuse_request_send").is_dir()
+
+
+def test_requests_trace_counts_fuse_requests(tmp_path):
+    """bench/requests.py --trace: the kernel's FUSE requests per file, by opcode."""
+    if not _fuse_tracepoint():
+        pytest.skip("no tracefs, or a kernel without the fuse_request_send tracepoint")
+    proc, data = _run_quick("requests", tmp_path, "--trace", "--peers", "pyfs")
+    files = data["args"]["files"]
+    tr = data["trace"]["pyfs"]
+    create, rm = tr["tree create"]["requests"], tr["rm -rf tree"]["requests"]
+    assert create["FUSE_CREATE"] == files and create["FUSE_WRITE"] == files
+    assert rm["FUSE_UNLINK"] == files
+    assert tr["fs_mark -S 1"]["requests"]["FUSE_FSYNC"] == files
+    assert all(t["cpu_us_per_request"] > 0 and t["seconds"] > 0 for t in tr.values())
+    assert "FUSE requests per file" in proc.stdout
     assert not list((tmp_path / "work").iterdir())
