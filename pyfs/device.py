@@ -821,7 +821,7 @@ class StagedDevice(_Wrapper):
         self.stage = None
         # From now on a plain pass-through: bind the inner device's methods
         # here, sparing every I/O of the session a call through this wrapper.
-        for name in ("pread", "pwrite", "flush", "discard", "prefetch"):
+        for name in ("pread", "pwrite", "flush", "discard"):
             setattr(self, name, getattr(self.inner, name))
         return len(blocks)
 
