@@ -22,16 +22,19 @@ import argparse
 import json
 import os
 import random
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-from pyfs.alloc.check import check_alloc
 from pyfs.alloc.foreground import NoSpace
 from pyfs.alloc.freespace import FreeSpaceIndex
 from pyfs.device import MemDevice, open_device
 from pyfs.engine import Engine
 from pyfs.mkfs import format_device
-from pyfs.testing import delete_file, file_extents, write_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from enginekit import check_alloc, delete_file, file_extents, write_file  # noqa: E402
 
 GiB = 1 << 30
 TiB = 1 << 40

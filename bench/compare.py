@@ -5,7 +5,7 @@
         [--results-dir DIR]
 
 Peers: pyfs (default mount options), pyfs-wb4096 (pyfs with
--o btree_write_buffer=4096, the old write-a-node-every-4-KiB behaviour; run
+-o node_dirty_bytes=4096, the old write-a-node-every-4-KiB behaviour; run
 for the fs_mark workloads only), fuse2fs (Debian's ext4 over FUSE) and ext4
 (kernel ext4 on a loop device, the physical reference).  Every peer gets a
 fresh sparse image of the same size for every workload run, under a temp dir

@@ -639,7 +639,7 @@ class Ext4Peer(Peer):
 PEER_KINDS = {
     # name -> (class, mount options)
     "pyfs": (PyfsPeer, ""),
-    "pyfs-wb4096": (PyfsPeer, "btree_write_buffer=4096"),
+    "pyfs-wb4096": (PyfsPeer, "node_dirty_bytes=4096"),
     "pyfs-stock": (PyfsPeer, "fuse_loop=stock"),     # pyfuse3's own session loop
     "fuse2fs": (Fuse2fsPeer, ""),
     "ext4": (Ext4Peer, ""),

@@ -413,7 +413,7 @@ def _setup_mount(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="directory to mount on")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="comma-separated mount options: ro, rw, allow_other, debug, noatime, "
-                        "errors=remount-ro|continue, flush_delay_ms=N, btree_write_buffer=SIZE, "
+                        "errors=remount-ro|continue, flush_delay_ms=N, node_dirty_bytes=SIZE, "
                         "cache_nodes=N, fsname=NAME, nodiscard, remount (with ro or rw), "
                         "and the generic nosuid/nodev/noexec/lazytime/...")
     p.add_argument("-f", "--foreground", action="store_true",

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 
 import xxhash
 
+from .device import base as _device_units
+
 # --------------------------------------------------------------------------
 # Constants
 
@@ -25,6 +27,8 @@ MAGIC = b"PYFS\xf5\x5b\x1e\x07"
 FORMAT_VERSION = 1
 BLOCK_SIZE = 4096
 SECTOR_SIZE = 512
+# The device layer counts in the same units (it imports nothing of pyfs).
+assert (BLOCK_SIZE, SECTOR_SIZE) == (_device_units.PAGE, _device_units.SECTOR)
 
 SB_OFFSET = BLOCK_SIZE            # primary superblock; block 0 is left alone
 SB_REGION = BLOCK_SIZE            # each superblock copy occupies one block

@@ -69,7 +69,7 @@ class MountOptions:
     allow_other: bool = False
     debug: bool = False
     flush_delay_ms: int = 1000
-    btree_write_buffer: int | None = None
+    node_dirty_bytes: int | None = None     # None: half a node (the btree's default)
     cache_nodes: int | None = None      # None: the node cache default (32 MiB of nodes)
     fsname: str | None = None
     noatime: bool = False
@@ -158,8 +158,12 @@ def _valued(o: MountOptions, name: str, val: str) -> bool:
         o.flush_delay_ms = _int_opt(name, val, 1)
     elif name == "cache_nodes":
         o.cache_nodes = _int_opt(name, val, 16)
-    elif name == "btree_write_buffer":
-        o.btree_write_buffer = _size_opt(name, val)
+    elif name in ("node_dirty_bytes", "btree_write_buffer"):
+        # btree_write_buffer: the old name, kept for one release (in bcachefs a
+        # "write buffer" is another mechanism: batched backpointer updates).
+        if name == "btree_write_buffer":
+            log.warning("mount option btree_write_buffer is now node_dirty_bytes")
+        o.node_dirty_bytes = _size_opt(name, val)
     elif name == "fsname":
         o.fsname = val
     elif name == "errors":
@@ -423,7 +427,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, notify_fd: int | None
         _notify(notify_fd, f"error: {e.strerror or e}")
         return 1
     try:
-        eng = Engine(dev, background=True, write_buffer=opts.btree_write_buffer,
+        eng = Engine(dev, background=True, write_buffer=opts.node_dirty_bytes,
                      cache_nodes=opts.cache_nodes, read_only=opts.ro, discard=opts.discard)
         fs = Filesystem(eng)
     except Exception as e:

@@ -25,6 +25,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))     # craft.py: images damaged on purpose
+
+from craft import (  # noqa: E402
+    base_image,
+    crash_copy,
+    deterministic,
+    dirent_slot,
+    edit,
+    flip,
+    get_key,
+    keys_of,
+    mount,
+    new_image,
+    nodes,
+    populate,
+    rewrite_node,
+    seed_of,
+    set_key,
+)
 
 from pyfs.device import MemDevice, RecordingDevice  # noqa: E402
 from pyfs.engine import Engine  # noqa: E402
@@ -56,23 +75,6 @@ from pyfs.fs.inode import (  # noqa: E402
     unpack_fs_info,
 )
 from pyfs.fsck import FsckOptions, fsck_device  # noqa: E402
-from pyfs.fsck.craft import (  # noqa: E402
-    base_image,
-    crash_copy,
-    deterministic,
-    dirent_slot,
-    edit,
-    flip,
-    get_key,
-    keys_of,
-    mount,
-    new_image,
-    nodes,
-    populate,
-    rewrite_node,
-    seed_of,
-    set_key,
-)
 from pyfs.fsck.journal import read_view  # noqa: E402
 from pyfs.superblock import read_superblock  # noqa: E402
 

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyfs import device as devmod
 from pyfs.device import (
     BlockDevice,
     Device,
@@ -28,6 +27,7 @@ from pyfs.device import (
     RecordingDevice,
     open_device,
 )
+from pyfs.device import file as devmod
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -6,8 +6,8 @@ import os
 import random
 
 import pytest
+from enginekit import check_alloc, delete_file, read_file, write_file
 
-from pyfs.alloc.check import check_alloc
 from pyfs.alloc.foreground import NoSpace
 from pyfs.device import MemDevice, RecordingDevice, open_device
 from pyfs.engine import Engine
@@ -20,7 +20,6 @@ from pyfs.format import (
     pack_key,
 )
 from pyfs.mkfs import format_device
-from pyfs.testing import delete_file, read_file, write_file
 
 EXT = BtreeId.extents
 MAXB = (1 << 64) - 1

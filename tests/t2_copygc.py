@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import random
 
-from pyfs.alloc.check import check_alloc
+from enginekit import check_alloc, delete_file, file_extents, read_file, write_file
+
 from pyfs.device import MemDevice
 from pyfs.engine import Engine
 from pyfs.format import BLOCK_SIZE, DataType
 from pyfs.mkfs import format_device
-from pyfs.testing import delete_file, file_extents, read_file, write_file
 
 
 def engine(size: int) -> Engine:

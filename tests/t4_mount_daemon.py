@@ -224,11 +224,12 @@ def test_mount_helper_and_foreground(tmp_path, scratch_dir):
 
 
 def test_parse_options():
-    o = parse_options(["ro,allow_other,debug,flush_delay_ms=250", "btree_write_buffer=64K,"
+    o = parse_options(["ro,allow_other,debug,flush_delay_ms=250", "node_dirty_bytes=64K,"
                        "cache_nodes=100,fsname=disk1,noatime,nodiscard,nosuid,defaults"])
-    assert (o.ro, o.allow_other, o.debug, o.flush_delay_ms, o.btree_write_buffer,
+    assert (o.ro, o.allow_other, o.debug, o.flush_delay_ms, o.node_dirty_bytes,
             o.cache_nodes, o.fsname, o.noatime, o.discard, o.errors) == \
         (True, True, True, 250, 65536, 100, "disk1", True, False, "remount-ro")
+    assert parse_options("btree_write_buffer=4096").node_dirty_bytes == 4096   # the old name
     fo = o.fuse_options("/x/img")
     assert {"ro", "allow_other", "fsname=disk1", "subtype=pyfs", "default_permissions",
             "nosuid", "noatime"} <= fo

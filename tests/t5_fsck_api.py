@@ -10,17 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from pyfs import cli
-from pyfs.device import MemDevice, open_device
-from pyfs.engine import Engine
-from pyfs.format import SB_OFFSET, BtreeId, Dirent, pack_key
-from pyfs.fs import Filesystem
-from pyfs.fs import dir as hashtab
-from pyfs.fs.inode import inode_key
-from pyfs.fsck import FsckOptions, check_engine, fsck_device, fsck_path
-from pyfs.fsck import cli as fsck_cli
-from pyfs.fsck.craft import (
+from craft import (
     MiB,
     base_image,
     crash_copy,
@@ -33,6 +23,16 @@ from pyfs.fsck.craft import (
     seed_of,
     set_key,
 )
+
+from pyfs import cli
+from pyfs.device import MemDevice, open_device
+from pyfs.engine import Engine
+from pyfs.format import SB_OFFSET, BtreeId, Dirent, pack_key
+from pyfs.fs import Filesystem
+from pyfs.fs import dir as hashtab
+from pyfs.fs.inode import inode_key
+from pyfs.fsck import FsckOptions, check_engine, fsck_device, fsck_path
+from pyfs.fsck import cli as fsck_cli
 from pyfs.fsck.errors import ERROR_TABLE, INFO, Err, table_markdown
 from pyfs.fsck.passes import resolve_overlaps
 from pyfs.fsck.report import Reporter
@@ -126,7 +126,7 @@ def test_preen_stops_at_a_problem_needing_a_human(clean_img):
 
 
 def dirent_node_offset(dev) -> int:
-    from pyfs.fsck.craft import nodes
+    from craft import nodes
     return nodes(dev, BtreeId.dirents)[0].offset
 
 

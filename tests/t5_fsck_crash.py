@@ -17,12 +17,12 @@ import os
 import random
 
 import pytest
+from craft import MiB, deterministic, mount, new_image, populate
 
 from pyfs.device import RecordingDevice
 from pyfs.engine import Engine
 from pyfs.fs import Filesystem
 from pyfs.fsck import FsckOptions, fsck_device
-from pyfs.fsck.craft import MiB, deterministic, mount, new_image, populate
 
 
 def workload(fs: Filesystem, rng: random.Random, steps: int) -> None:

@@ -14,13 +14,13 @@ import io
 import random
 
 import pytest
+from craft import MiB, deterministic, mount, new_image, nodes, rewrite_node
 
 from pyfs.btree.tree import BtreeError
 from pyfs.engine import Engine
 from pyfs.format import BtreeId, pack_btree_ptr, unpack_btree_ptr
 from pyfs.fs import Filesystem
 from pyfs.fsck import FsckOptions, fsck_device
-from pyfs.fsck.craft import MiB, deterministic, mount, new_image, nodes, rewrite_node
 
 
 def _contents(dev) -> dict[bytes, bytes]:

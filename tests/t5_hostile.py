@@ -31,6 +31,17 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import pytest
+from craft import (
+    MiB,
+    crash_copy,
+    deterministic,
+    edit,
+    mount,
+    new_image,
+    nodes,
+    populate,
+    rewrite_node,
+)
 
 from pyfs.btree.io import parse_node
 from pyfs.btree.tree import BtreeError
@@ -49,17 +60,6 @@ from pyfs.format import (
 )
 from pyfs.fs import Filesystem
 from pyfs.fsck import FsckOptions, fsck_device
-from pyfs.fsck.craft import (
-    MiB,
-    crash_copy,
-    deterministic,
-    edit,
-    mount,
-    new_image,
-    nodes,
-    populate,
-    rewrite_node,
-)
 from pyfs.fsck.errors import Err
 from pyfs.fsck.journal import read_view
 from pyfs.journal.read import JournalError

@@ -273,7 +273,3 @@ class Fragmentation:
     def push(self, s: int, b: int) -> None:
         """Put back a candidate copygc could not evacuate now."""
         heapq.heappush(self.heap, (s, b))
-
-    def reclaimable_sectors(self) -> int:
-        """Dead sectors in partly used buckets: what copygc could free."""
-        return len(self.live) * self.bucket_sectors - sum(self.live.values())

@@ -63,7 +63,7 @@ class NoSpace(Exception):
 
 
 class OpenBucket:
-    __slots__ = ("alloc", "bucket", "gen", "pos", "end", "refs", "closed")
+    __slots__ = ("alloc", "bucket", "gen", "pos", "end", "refs")
 
     def __init__(self, alloc: Allocator, bucket: int, gen: int, start: int, end: int):
         self.alloc = alloc
@@ -72,7 +72,6 @@ class OpenBucket:
         self.pos = start        # next free byte offset
         self.end = end
         self.refs = 1           # the write point's own reference
-        self.closed = False
 
     def release(self) -> None:
         """Drop one reference (a write whose extent is committed, or the write point)."""
@@ -405,10 +404,6 @@ class Allocator:
                     add(b, d, DataType.user, gen)
 
     # ------------------------------------------------------------ reporting
-
-    def free_buckets(self) -> int:
-        """Free now, or soon (waiting on the journal or on discard)."""
-        return self.index.count + self.state.nwaiting + len(self.state.discard_ready)
 
     def usage(self) -> dict[str, int]:
         st = self.state

@@ -59,13 +59,6 @@ def _summarize(lower: array) -> array:
     return out
 
 
-def _level_words(nbuckets: int) -> list[int]:
-    """Word count of each level, bottom first, ending at a single word."""
-    sizes = [_nwords(nbuckets)]
-    while sizes[-1] > 1:
-        sizes.append(_nwords(sizes[-1]))
-    return sizes
-
 
 class FreeSpaceIndex:
     """Free buckets of one device: O(levels) updates and first-fit searches."""
@@ -132,9 +125,6 @@ class FreeSpaceIndex:
     @property
     def ngroups(self) -> int:
         return -(-self.nbuckets // self.group_buckets)
-
-    def group_of(self, b: int) -> int:
-        return b // self.group_buckets
 
     def group_range(self, g: int) -> tuple[int, int]:
         """Buckets [lo, hi) of group g."""

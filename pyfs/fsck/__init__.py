@@ -24,7 +24,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from ..device import DeviceBusy, StagedDevice, open_device
+from ..device import DeviceBusy, OverlayDevice, StagedDevice, open_device
 from ..engine import Engine
 from ..format import SbState
 from .alloc import pass4, pass5
@@ -33,7 +33,6 @@ from .errors import ERROR_TABLE, INFO, PASS_NAMES, Err
 from .journal import erase_entries, read_view
 from .keys import pass3
 from .mount import (
-    OverlayDevice,
     RepairEngine,
     journal_agrees,
     tolerate_alloc,

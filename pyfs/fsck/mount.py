@@ -12,7 +12,6 @@ yet trusted.
 
 from __future__ import annotations
 
-from ..device import OverlayDevice  # noqa: F401  (re-exported for pyfs.fsck)
 from ..engine import Engine
 from ..format import (
     BtreeId,

@@ -1,13 +1,16 @@
-"""Recount allocation from extents and btree nodes and compare with alloc keys.
+"""Test and benchmark helpers at the engine level (not part of pyfs itself).
 
-Used by tests after every workload, and by fsck as its alloc/backpointer
-pass. Sector counts are compared per bucket first; only mismatched buckets
-would need a closer look. Returns human-readable problems; empty means clean.
+write_file/delete_file/read_file follow the fs layer's data path (allocate,
+write, commit the extent, release the open-bucket reference) without inodes
+or directories, so the allocator can be exercised and measured on its own.
+check_alloc recounts allocation from extents and btree nodes and compares it
+with the alloc keys and backpointers; tests run it after every workload.
 """
 
 from __future__ import annotations
 
-from ..format import (
+from pyfs.alloc.foreground import Watermark, backpointer_key
+from pyfs.format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
     SECTOR_SIZE,
@@ -16,9 +19,65 @@ from ..format import (
     DataType,
     Extent,
     KeyType,
+    checksum,
+    pack_key,
     unpack_key,
 )
-from .foreground import backpointer_key
+
+EXT = BtreeId.extents
+MAX_LO = (1 << 64) - 1
+
+
+def write_file(eng, inum: int, data: bytes, first_block: int = 0) -> int:
+    """Write data at first_block as fresh extents; return the number of extents."""
+    blocks = -(-len(data) // BLOCK_SIZE)
+    fb = 0
+    n_ext = 0
+    while fb < blocks:
+        off, n, gen, ref = eng.alloc.alloc_data(inum, first_block + fb, blocks - fb)
+        chunk = data[fb * BLOCK_SIZE:(fb + n) * BLOCK_SIZE].ljust(n * BLOCK_SIZE, b"\0")
+        eng.dev.pwrite(chunk, off)
+        t = eng.trans()
+        t.set(EXT, pack_key(inum, first_block + fb),
+              Extent(dev_offset=off, region_blocks=n, csum=checksum(chunk), live_offset=0,
+                     nblocks=n, gen=gen).pack())
+        t.commit()
+        ref.release()
+        fb += n
+        n_ext += 1
+    return n_ext
+
+
+def delete_file(eng, inum: int) -> None:
+    t = eng.trans(Watermark.delete)
+    for k, _v in t.iter(EXT, pack_key(inum, 0), pack_key(inum, MAX_LO)):
+        t.delete(EXT, k)
+    t.commit()
+
+
+def file_extents(eng, inum: int) -> list[Extent]:
+    return [Extent.unpack(v) for _k, v in
+            eng.btrees.iter(EXT, pack_key(inum, 0), pack_key(inum, MAX_LO))]
+
+
+def read_file(eng, inum: int) -> bytes:
+    """Read a file's extents back (contiguous files), verifying checksums."""
+    out = []
+    bs = eng.sb.bucket_size
+    for e in file_extents(eng, inum):
+        if eng.alloc.state.is_stale(e.dev_offset // bs, e.gen):
+            out.append(bytes(e.nblocks * BLOCK_SIZE))   # stale pointer: reads as absent
+            continue
+        region = eng.dev.pread(e.region_blocks * BLOCK_SIZE, e.dev_offset)
+        if checksum(region) != e.csum:
+            raise OSError(5, f"inode {inum}: extent data checksum mismatch")
+        out.append(region[e.live_offset * BLOCK_SIZE:(e.live_offset + e.nblocks) * BLOCK_SIZE])
+    return b"".join(out)
+
+
+# --------------------------------------------------------------------------
+# Recounting allocation (tests run it after every workload)
+
 
 
 def expected_usage(eng) -> tuple[dict[int, tuple[int, int]], dict[bytes, tuple]]:

@@ -18,20 +18,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..btree import tree as btree_tree
-from ..btree.io import encode_first, parse_node
-from ..device import MemDevice
-from ..engine import Engine
-from ..format import (
+from pyfs.btree import tree as btree_tree
+from pyfs.btree.io import encode_first, parse_node
+from pyfs.device import MemDevice
+from pyfs.engine import Engine
+from pyfs.format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
     NodeHeader,
     pack_key,
 )
-from ..fs import Filesystem
-from ..fs import dir as hashtab
-from ..mkfs import format_device
-from .repair import no_triggers
+from pyfs.fs import Filesystem
+from pyfs.fs import dir as hashtab
+from pyfs.fsck.repair import no_triggers
+from pyfs.mkfs import format_device
 
 MiB = 1 << 20
 UUID = bytes.fromhex("5eedf5c3a11c0ffee0ddba11cafe0001")
@@ -177,7 +177,7 @@ def dirent_slot(dev, owner: int, name: bytes) -> tuple[int, bytes] | None:
 
 
 def seed_of(dev) -> int:
-    from ..superblock import read_superblock
+    from pyfs.superblock import read_superblock
     return read_superblock(dev)[0].hash_seed
 
 
@@ -206,7 +206,7 @@ def nodes(dev, bid: int | None = None) -> list[NodeInfo]:
 
 
 def node_size_of(dev) -> int:
-    from ..superblock import read_superblock
+    from pyfs.superblock import read_superblock
     return read_superblock(dev)[0].btree_node_size
 
 
