@@ -378,7 +378,7 @@ def _fmt_ns(ns: int) -> str:
 
 NODE_MAGIC = b"PYFSBTND"
 NODE_HDR_FMT = "<8sHBBIQ16s16sQ"
-NODE_HDR_FIELDS = ("magic", "version", "btree_id", "level", "flags", "node_seq",
+NODE_HDR_FIELDS = ("magic", "version", "btree_id", "level", "gen", "node_seq",
                    "min_key", "max_key", "csum")
 _node_hdr = struct.Struct(NODE_HDR_FMT)
 NODE_HDR_SIZE = 64
@@ -392,18 +392,22 @@ class NodeHeader:
     node_seq: int
     min_key: bytes
     max_key: bytes
-    flags: int = 0
+    # Lineage generation: a node made from others (a split, merge, compaction)
+    # has a higher gen than each of them, so of overlapping nodes a scan takes
+    # the descendant (0 in nodes older images wrote: the field was unused).
+    gen: int = 0
 
     def pack(self) -> bytes:
         raw = _node_hdr.pack(NODE_MAGIC, FORMAT_VERSION, self.btree_id, self.level,
-                             self.flags, self.node_seq, self.min_key, self.max_key, 0)
+                             self.gen & 0xFFFFFFFF, self.node_seq, self.min_key,
+                             self.max_key, 0)
         return raw[:-8] + struct.pack("<Q", checksum(raw[:-8]))
 
     @classmethod
     def unpack(cls, raw: bytes, offset: int) -> NodeHeader:
         if len(raw) < NODE_HDR_SIZE:
             raise FormatError("btree node: short header", offset)
-        magic, ver, bid, level, flags, nseq, mn, mx, csum = _node_hdr.unpack_from(raw)
+        magic, ver, bid, level, gen, nseq, mn, mx, csum = _node_hdr.unpack_from(raw)
         if magic != NODE_MAGIC:
             raise FormatError("btree node: bad magic", offset)
         if checksum(raw[:NODE_HDR_SIZE - 8]) != csum:
@@ -416,7 +420,7 @@ class NodeHeader:
             raise FormatError(f"btree node: level {level} too deep", offset)
         if mn > mx:
             raise FormatError("btree node: min key above max key", offset)
-        return cls(bid, level, nseq, mn, mx, flags)
+        return cls(bid, level, nseq, mn, mx, gen)
 
 
 MAX_BTREE_DEPTH = 8

@@ -38,6 +38,7 @@ from craft import (  # noqa: E402
     keys_of,
     mount,
     new_image,
+    node_size_of,
     nodes,
     populate,
     rewrite_node,
@@ -324,8 +325,8 @@ def c_journal_key_bad():
     return dev
 
 
-@case("journal_roots_lost", "the whole journal is zeroed: the btree roots are gone "
-      "(exit 8 twice)")
+@case("journal_roots_lost", "the whole journal is zeroed: the btree roots are gone; every "
+      "btree is rebuilt from a node scan")
 def c_journal_roots_lost():
     dev = base_image()[0]
     sb = read_superblock(dev)[0]
@@ -350,6 +351,46 @@ def _first(dev, bid: int, level: int, index: int = 0):
 def c_btree_root_bad():
     dev = _big()
     flip(dev, _first(dev, INO, 1).offset + 20)
+    return dev
+
+
+@case("btree_root_destroyed", "the inodes btree's root (an interior node) is zeroed: a node "
+      "scan finds its leaves and every inode comes back")
+def c_btree_root_destroyed():
+    dev = _big()
+    root = _first(dev, INO, 1)
+    dev.pwrite(bytes(node_size_of(dev)), root.offset)
+    return dev
+
+
+def _deep() -> MemDevice:
+    """An xattrs btree three levels deep (2,000 values of 2 KiB on one file)."""
+    dev = new_image(size=32 << 20)
+    eng, fs = mount(dev)
+    populate(fs, 20)
+    a = fs.create(1, b"many-xattrs", 0o644)
+    for i in range(2000):
+        fs.setxattr(a.st_ino, b"user.x%05d" % i, bytes([i % 251]) * 2048)
+    eng.close()
+    return dev
+
+
+@case("btree_interior_destroyed", "a level-1 interior node of a three-level xattrs btree is "
+      "zeroed: a node scan finds the leaves below it and every xattr comes back")
+def c_btree_interior_destroyed():
+    dev = _deep()
+    inner = [n for n in nodes(dev, XAT) if n.level == 1]
+    assert len(inner) >= 2 and max(n.level for n in nodes(dev, XAT)) == 2, "not deep enough"
+    dev.pwrite(bytes(node_size_of(dev)), inner[len(inner) // 2].offset)
+    return dev
+
+
+@case("journal_zeroed_many_files", "a cleanly unmounted filesystem with 2,000 files whose "
+      "journal is zeroed: every btree is rebuilt from a node scan, nothing is lost")
+def c_journal_zeroed_many_files():
+    dev = base_image(nfiles=2000, size=64 << 20)[0]
+    sb = read_superblock(dev)[0]
+    dev.pwrite(bytes(sb.journal_nbuckets * sb.bucket_size), sb.journal_bucket * sb.bucket_size)
     return dev
 
 

@@ -218,7 +218,7 @@ def rewrite_node(dev, offset: int, fn) -> None:
     img = parse_node(buf, offset)
     h = img.header
     fields = dict(btree_id=h.btree_id, level=h.level, node_seq=h.node_seq,
-                  min_key=h.min_key, max_key=h.max_key, flags=h.flags)
+                  min_key=h.min_key, max_key=h.max_key, gen=h.gen)
     fields, keys, vals = fn(fields, list(img.keys), list(img.vals))
     data = encode_first(NodeHeader(**fields), img.max_journal_seq, keys, vals)
     dev.pwrite(data.ljust(ns, b"\0")[:ns], offset)

@@ -276,8 +276,8 @@ def test_struct_sizes_match_formats():
 # Btree node headers and pointers
 
 node_headers = st.builds(
-    lambda bid, level, seq, a, b, flags: F.NodeHeader(bid, level, seq, min(a, b), max(a, b),
-                                                       flags),
+    lambda bid, level, seq, a, b, gen: F.NodeHeader(bid, level, seq, min(a, b), max(a, b),
+                                                     gen),
     st.sampled_from(list(F.BtreeId)), st.integers(0, F.MAX_BTREE_DEPTH), U64,
     keys16, keys16, st.integers(0, 2**32 - 1))
 

@@ -37,7 +37,7 @@ class Node:
         "btree_id", "level", "min_key", "max_key", "offset", "node_seq", "ptr",
         "wk", "wv", "ok", "ov", "nk", "nv", "whiteouts",
         "written_bytes", "dirty_bytes", "live_bytes", "nlive",
-        "pin_seq", "max_seq", "last_used", "view", "new", "rewrite",
+        "pin_seq", "max_seq", "last_used", "view", "new", "rewrite", "gen",
     )
 
     def __init__(self, btree_id: int, level: int, min_key: bytes, max_key: bytes,
@@ -66,6 +66,7 @@ class Node:
         self.view: tuple[list[bytes], list[bytes]] | None = None  # merged view (interior nodes)
         self.new = True                 # region has never been written
         self.rewrite = False            # region has a stale tail: never append to it
+        self.gen = 1                    # lineage generation (format.NodeHeader.gen)
 
     # ----------------------------------------------------------------- lookup
 

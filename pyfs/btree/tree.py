@@ -162,6 +162,7 @@ class BtreeSet:
         node.max_seq = img.max_journal_seq
         node.new = False
         node.rewrite = img.stale_tail
+        node.gen = h.gen
         return node
 
     def maybe_evict(self) -> int:
@@ -208,11 +209,13 @@ class BtreeSet:
             self._records = (self.roots_gen, records)
         return records
 
-    def _new_node(self, btree_id: int, level: int, min_key: bytes, max_key: bytes) -> Node:
+    def _new_node(self, btree_id: int, level: int, min_key: bytes, max_key: bytes,
+                  gen: int = 1) -> Node:
         offset = self.space.alloc_node(btree_id, level, min_key)
         node_seq = int.from_bytes(os.urandom(8), "little") | 1
         ptr = pack_btree_ptr(offset, node_seq)
         node = Node(btree_id, level, min_key, max_key, offset, node_seq, ptr)
+        node.gen = gen
         self.cache[ptr] = node
         return node
 
@@ -432,8 +435,9 @@ class BtreeSet:
         # The allocator reads alloc keys through these btrees, so every
         # allocation and free must find the tree whole: allocate while the
         # old node is still in place, free once the parent points past it.
+        gen = node.gen + 1          # the pieces descend from node (see NodeHeader.gen)
         if new_root:
-            parent = self._new_node(node.btree_id, node.level + 1, ZERO_KEY, MAX_KEY)
+            parent = self._new_node(node.btree_id, node.level + 1, ZERO_KEY, MAX_KEY, gen)
             parent.new = True
         bounds = [0, *cuts, len(keys)]
         pieces = []
@@ -441,7 +445,7 @@ class BtreeSet:
             a, b = bounds[i], bounds[i + 1]
             hi = key_before(keys[b]) if b < len(keys) else node.max_key
             n = self._new_node(node.btree_id, node.level, node.min_key if a == 0 else keys[a],
-                               hi)
+                               hi, gen)
             n.set_written(keys[a:b], vals[a:b])
             n.max_seq = node.max_seq
             self.write_node(n, "new")
@@ -490,7 +494,8 @@ class BtreeSet:
             return None             # a merge is never needed: skip it while space is short
         lk, lv = left.all_live()
         rk, rv = right.all_live()
-        merged = self._new_node(node.btree_id, node.level, left.min_key, right.max_key)
+        merged = self._new_node(node.btree_id, node.level, left.min_key, right.max_key,
+                                max(left.gen, right.gen) + 1)
         merged.set_written(lk + rk, lv + rv)
         merged.max_seq = max(left.max_seq, right.max_seq)
         self.write_node(merged, "new")
@@ -558,7 +563,8 @@ class BtreeSet:
         self.dirty.pop(node, None)
 
     def _header(self, node: Node) -> NodeHeader:
-        return NodeHeader(node.btree_id, node.level, node.node_seq, node.min_key, node.max_key)
+        return NodeHeader(node.btree_id, node.level, node.node_seq, node.min_key, node.max_key,
+                          node.gen)
 
     def _write(self, node: Node, data: bytes, pos: int, cause: str) -> None:
         if self.frozen:
@@ -592,6 +598,7 @@ class BtreeSet:
         self.cache[node.ptr] = node
         node.new = True
         node.rewrite = False
+        node.gen += 1               # the new region descends from the old
         self.c["btree_compactions"] += 1
         self._write_whole(node, cause)
         self._set_ptr(parent, node)

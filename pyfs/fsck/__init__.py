@@ -95,7 +95,8 @@ class Run:
         rep.start_pass(2)
         view = read_view(self.dev, sb)
         self._journal(sb, view)
-        self.pre = pre = TopologyCheck(self.dev, sb, view, rep).run()
+        roots_lost = view.newest is None and bool(sb.clean_journal_seq)
+        self.pre = pre = TopologyCheck(self.dev, sb, view, rep, roots_lost=roots_lost).run()
         skip = self._unreplayable(sb, view, pre)
         declined = any(not p.fixed for p in rep.problems
                        if INFO[p.err].severity == "error" and p.pass_no == 2)
@@ -130,9 +131,12 @@ class Run:
             # Mount's rule: an empty journal is a filesystem whose first session
             # never made an entry durable (nothing it did was acknowledged as
             # durable, so it is empty) unless a clean unmount recorded entries.
-            rep.fatal(Err.journal_roots_lost, "the journal holds no valid entry but the "
-                      f"superblock says entries up to {sb.clean_journal_seq} were written: "
-                      "the btree roots are lost")
+            # Then the roots are lost: pass 2 rebuilds every btree from a node
+            # scan (in memory with -n).
+            rep.problem(Err.journal_roots_lost, "the journal holds no valid entry but the "
+                        f"superblock says entries up to {sb.clean_journal_seq} were written: "
+                        "the btree roots are lost; every btree is rebuilt from the nodes on "
+                        "the device", lambda: None)
         for f, why in view.bogus:
             rep.problem(Err.journal_entry_bad, f"journal entry {f.seq} at ring offset "
                         f"{f.pos}: {why}; erased", lambda f=f: erase_entries(self.dev, sb, [f]))

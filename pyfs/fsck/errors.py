@@ -59,8 +59,10 @@ ERROR_TABLE: list[ErrInfo] = [
        "does not reach; the journal as found is used"),
     _E(14, "journal_key_bad", "error", "ask", 2,
        "a journal key cannot be replayed (bad btree, level or oversized value): skipped"),
-    _E(15, "journal_roots_lost", "fatal", "none", 2,
-       "no valid journal entry: the btree roots are gone"),
+    _E(15, "journal_roots_lost", "error", "ask", 2,
+       "no valid journal entry although the filesystem was unmounted cleanly: the btree "
+       "roots are gone; every btree is rebuilt from the newest nodes a scan of the device "
+       "finds (files whose names are lost go to lost+found)"),
     # 2: btree topology
     _E(20, "btree_root_bad", "error", "ask", 2,
        "a btree root cannot be read; the btree is rebuilt from what can be salvaged"),

@@ -63,7 +63,9 @@ class RepairEngine(Engine):
         sb = self.sb
         view = self._fsck_view
         tolerate_alloc(self)
-        if view.newest is not None and sb.clean_journal_seq > view.newest.seq:
+        if view.newest is None:
+            sb.clean_journal_seq = 0        # journal_roots_lost, reported: a fresh journal
+        elif sb.clean_journal_seq > view.newest.seq:
             sb.clean_journal_seq = view.newest.seq      # journal_behind_clean, reported
         self._first_entry_missing_data = lambda scan: None   # fsck's chain is already cut
         bt_set_root = self.btrees.set_root
@@ -152,8 +154,11 @@ class RepairEngine(Engine):
     def _replay(self, scan) -> None:
         """Salvaged keys into the new btrees first, then the journal over them,
         skipping what cannot be replayed and the pointer updates of rebuilt trees."""
-        self._insert_salvage()
+        # The old regions first: their keys are in memory (salvaged), and a big
+        # rebuild may need their space (nothing reaches the image before the
+        # whole repair has succeeded: fsck stages its writes).
         self._free_old_nodes()
+        self._insert_salvage()
         view = self._fsck_view
         if not view.needs_replay():
             return

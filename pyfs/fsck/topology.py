@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..btree.io import parse_node, round_up
+from ..btree.node_scan import newest_cover, node_slots, scan_nodes
 from ..btree.tree import BtreeSet, key_before
 from ..format import (
     BLOCK_SIZE,
@@ -103,7 +104,7 @@ class Prescan:
 
 
 class TopologyCheck:
-    def __init__(self, dev, sb, view: JournalView, rep):
+    def __init__(self, dev, sb, view: JournalView, rep, *, roots_lost: bool = False):
         self.dev = dev
         self.sb = sb
         self.view = view
@@ -112,14 +113,18 @@ class TopologyCheck:
         self.node_size = sb.btree_node_size
         self.first = sb.first_data_bucket
         self.end = min(sb.nbuckets, sb.backup_offset // sb.bucket_size)
-        self.limit = view.newest.seq if view.newest else 0
+        self.roots_lost = roots_lost
+        # Bsets newer than the newest journal entry never became durable; with
+        # no journal at all (roots lost) whatever the nodes hold is the best
+        # there is.
+        self.limit = view.newest.seq if view.newest else (None if roots_lost else 0)
         self.replay_from = view.entries[0].seq if view.entries else 0
         space = SeqSpace(getattr(sb, "blacklist", ()))
         # Bsets of blacklisted seqs (a crashed session's, never durable) do not count.
         self.blacklisted = space.blacklisted if space.ranges else None
         self.max_nodes = max(16, (self.end - self.first) * (self.bs // self.node_size))
         self.result = Prescan(used=bytearray(sb.nbuckets))
-        self.bt = BtreeSet(dev, self.node_size, None, StubJournal(self.limit), {},
+        self.bt = BtreeSet(dev, self.node_size, None, StubJournal(self.limit or 0), {},
                            cache_nodes=1 << 30)
         self.bt.seq_blacklisted = self.blacklisted
         self.btree_buckets: set[int] = set()
@@ -132,6 +137,8 @@ class TopologyCheck:
         roots = self._load_roots()
         if self.view.needs_replay():
             self._overlay_interior(roots)
+        if self.roots_lost:
+            self.result.rebuild.update(range(BTREE_ID_NR))
         for bid in range(BTREE_ID_NR):
             ts = TreeState(bid)
             self.result.trees.append(ts)
@@ -418,6 +425,7 @@ class TopologyCheck:
     def _salvage_root(self, ts: TreeState) -> NodeView | None:
         newest = self.view.newest
         if newest is None:
+            self._lose(ts, ZERO_KEY, MAX_KEY)      # the whole btree is found by the scan
             return None
         n = len(ts.lost)
         for bid, lv, off, nseq in newest.roots:
@@ -473,49 +481,32 @@ class TopologyCheck:
         ts.lost.append((lo, hi))
 
     def _scan_lost(self, ts: TreeState, taken_regions: set[int]) -> None:
-        """Look for the leaves of lost subtrees on the device: every node slot of the
-        btree buckets (all data buckets when the alloc info is not to be trusted)
-        whose header is a leaf of this btree inside a lost range. Leaves retired
-        since (a split, a compaction) may still be there: the newest of
-        overlapping candidates wins, whole, and the others are ignored."""
-        slots = self._scan_slots()
-        per = self.node_size
-        cands = []
-        for off in slots:
-            if off in taken_regions:
-                continue
-            try:
-                h = NodeHeader.unpack(self.dev.pread(64, off), off)
-            except FormatError:
-                continue
-            if h.btree_id != ts.bid or h.level != 0:
-                continue
-            if not any(lo <= h.min_key and h.max_key <= hi for lo, hi in ts.lost):
-                continue
-            try:
-                img = self._parse(self.dev.pread(per, off), off)
-            except FormatError:
-                continue
-            cands.append((img.max_journal_seq, off, img))
-        taken: list[tuple[bytes, bytes]] = []
-        for _seq, off, img in sorted(cands, key=lambda c: (-c[0], c[1])):
-            h = img.header
-            if any(not (h.max_key < a or b < h.min_key) for a, b in taken):
-                continue
-            taken.append((h.min_key, h.max_key))
+        """Find the leaves of lost subtrees on the device (pyfs/btree/node_scan.py):
+        every node slot of the btree buckets (all data buckets when the alloc
+        info is not to be trusted) holding a leaf of this btree inside a lost
+        range. Leaves retired since (a split, a compaction) may still be there:
+        the newest of overlapping candidates wins, whole, and the others are
+        ignored."""
+        slots = [off for off in self._scan_slots() if off not in taken_regions]
+
+        def lost_leaf(h: NodeHeader) -> bool:
+            return h.btree_id == ts.bid and h.level == 0 and any(
+                lo <= h.min_key and h.max_key <= hi for lo, hi in ts.lost)
+        found = scan_nodes(self.dev, slots, self.node_size, limit=self.limit,
+                           blacklisted=self.blacklisted, want=lost_leaf)
+        for n in newest_cover(found):
             ts.found_by_scan += 1
-            ts.regions.append(off)
-            self._take_leaf(ts, NodeView(0, h.min_key, h.max_key, img.keys, img.vals, off,
-                                         img.max_journal_seq))
+            ts.regions.append(n.offset)
+            self._take_leaf(ts, NodeView(0, n.min_key, n.max_key, n.keys, n.vals, n.offset,
+                                         n.max_seq))
 
     def _scan_slots(self) -> list[int]:
-        per = self.node_size
-        slots_per_bucket = self.bs // per
         buckets = sorted(self.btree_buckets)
         alloc_ok = BtreeId.alloc not in self.result.rebuild and buckets
-        if not alloc_ok or (self.end - self.first) * slots_per_bucket <= SCAN_ALL_SLOTS:
-            buckets = range(self.first, self.end)
-        return [b * self.bs + i * per for b in buckets for i in range(slots_per_bucket)]
+        nslots = (self.end - self.first) * (self.bs // self.node_size)
+        if not alloc_ok or nslots <= SCAN_ALL_SLOTS:
+            buckets = None
+        return node_slots(self.first, self.end, self.bs, self.node_size, buckets)
 
     def _take_leaf(self, ts: TreeState, node: NodeView) -> None:
         ts.salvaged_leaves += 1
