@@ -1,10 +1,10 @@
 """The metadata engine: one mounted image's device, superblock, journal and btrees.
 
-Mount: read the superblock, find the journal's newest valid entry, load the
-btree roots it records, replay the keys of entries last_seq..newest (interior
-pointer changes top level first, then leaf keys, each in sequence order) and
-mark the superblock dirty. Unmount: write every dirty node, write a final
-journal entry recording that nothing needs replay, flush, mark clean.
+Mount runs the recovery passes (pyfs/recovery.py): read the journal chain,
+load the btree roots its newest entry records, build the allocator, replay
+the keys of entries last_seq..newest and mark the superblock dirty.
+Unmount: write every dirty node, write a final journal entry recording that
+nothing needs replay, flush, mark clean.
 
 Transactions commit without waiting for I/O. Journal reclaim writes the nodes
 pinning the oldest sequences when the ring fills past a watermark; that is
@@ -13,21 +13,16 @@ the normal trigger of btree node writes.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .alloc.copygc import Copygc
 from .alloc.foreground import Allocator, NoSpace, Watermark
 from .btree.tree import BtreeSet, BtreeSpaceError
 from .device import OverlayDevice, StagedDevice
-from .format import (
-    BTREE_ID_NR,
-    JSET_KEY_SIZE,
-    SB_BLACKLIST_MAX,
-    BtreeId,
-    SbState,
-)
+from .format import BTREE_ID_NR, JSET_KEY_SIZE, BtreeId, SbState
 from .journal.journal import Journal
-from .journal.read import JournalScan, first_entry_missing_data, read_journal
+from .recovery import MountError, Recovery, RecoveryPlan
 from .superblock import read_superblock, write_superblock
 from .trans import Trans, Trigger
 
@@ -40,22 +35,6 @@ DERIVED_ESTIMATE = 2 * (JSET_KEY_SIZE + 32)
 RECLAIM_WATERMARK = 0.5
 
 
-def _add_range(ranges: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
-    """Add [a, b] to sorted disjoint ranges, merging any it overlaps."""
-    out = []
-    for x, y in ranges:
-        if y < a - 1 or x > b + 1:
-            out.append((x, y))
-        else:
-            a, b = min(a, x), max(b, y)
-    out.append((a, b))
-    return sorted(out)
-
-
-class MountError(Exception):
-    """The image cannot be mounted; the message says why."""
-
-
 class EngineFailed(Exception):
     """A commit failed part way; the engine stopped writing (as if the power
     was cut at that moment) and refuses changes until it is mounted again."""
@@ -64,7 +43,7 @@ class EngineFailed(Exception):
 class Engine:
     def __init__(self, dev, *, write_buffer: int | None = None, cache_nodes: int | None = None,
                  read_only: bool = False, background: bool = False, backpointers: bool = True,
-                 discard: bool = True):
+                 discard: bool = True, plan: RecoveryPlan | None = None):
         if read_only and not isinstance(dev, OverlayDevice):
             # Replay may split or compact nodes: keep those writes in memory so
             # a read-only mount, fsck -n or an inspection never touches the image.
@@ -105,6 +84,7 @@ class Engine:
         self.journal.on_durable.append(self.alloc.durable)
         self.add_trigger(BtreeId.extents, self.alloc.extent_trigger)
         self.commit_hooks = [self.alloc.commit_hook]
+        self.plan = plan
         self.replayed_keys = 0
         self.replayed_entries = 0
         self.failed: BaseException | None = None
@@ -131,130 +111,41 @@ class Engine:
         return min(a, b, seq)
 
     def _mount(self) -> None:
-        sb = self.sb
-        jargs = (self.dev, sb.journal_bucket * sb.bucket_size, sb.bucket_size,
-                 sb.journal_nbuckets)
-        blacklist = list(sb.blacklist)
-        scan = read_journal(*jargs, blacklist=blacklist)
-        bad = self._first_entry_missing_data(scan)
-        if bad is not None:
-            self.warnings.append(f"journal entries from {bad} on point at data that never "
-                                 f"reached the disk; they were not acknowledged: dropped")
-            self.counters["journal_dropped_entries"] = scan.newest.seq - bad + 1
-            scan = read_journal(*jargs, stop_before=bad, blacklist=blacklist)
-        self.scan = scan
-        newest = scan.newest
-        j = self.journal
-        durable = newest.seq if newest is not None else 0
-        next_seq = durable + 1
-        if sb.state == SbState.dirty and sb.seq_reserved > durable:
-            # The crashed session may have written node bsets and journal
-            # entries with any seq up to its reservation, none durable: ignore
-            # those seqs for good and continue above them.
-            blacklist = _add_range(blacklist, durable + 1, sb.seq_reserved)
-            next_seq = sb.seq_reserved + 1
-            self.counters["journal_blacklisted_ranges"] = len(blacklist)
-        self.blacklist = blacklist
-        self.btrees.seq_blacklisted = (
-            (lambda seq: any(a <= seq <= b for a, b in blacklist)) if blacklist else None)
-        if newest is None:
-            if sb.clean_journal_seq:
-                raise MountError("journal is empty but the superblock says entries "
-                                 f"up to {sb.clean_journal_seq} were written")
-            j.resume([], 0, next_seq)
-        else:
-            if sb.state == SbState.clean and newest.seq < sb.clean_journal_seq:
-                raise MountError(f"journal ends at {newest.seq} before the clean "
-                                 f"unmount entry {sb.clean_journal_seq}")
-            j.resume([(e.seq, p, e.size, e.last_seq)
-                      for e, p in zip(scan.entries, scan.positions)], scan.head, next_seq)
-        if next_seq != durable + 1:
-            # A new session after a crash starts on a fresh journal bucket, so
-            # the mount scan's walk from the newest bucket never has to cross
-            # into the crashed session's (blacklisted) seqs.
-            j.head += -j.head % j.bucket_size
-        if newest is not None:
-            for bid, level, offset, node_seq in newest.roots:
-                self.btrees.set_root(bid, level, offset, node_seq)
-        # The allocator works before replay: alloc keys in the btree overlaid
-        # with the newer ones in the journal.
-        overlay = {int.from_bytes(k[8:], "big"): v for e in scan.entries
-                   for bid, lv, k, v in e.keys if bid == BtreeId.alloc and not lv and v}
-        self.alloc.build(overlay, j.durable_seq)
-        if not self.read_only:
-            for bid in range(BTREE_ID_NR):
-                if self.btrees.roots[bid] is None:
-                    self.btrees.new_root(bid)
-        self._replay(scan)
-        self.alloc.mount_done()
-        if not self.read_only:
-            self.alloc.apply_deferred(j.cur_seq)
-            if len(blacklist) > SB_BLACKLIST_MAX:
-                self._rewrite_all_nodes()
-                blacklist[:] = blacklist[-1:]
-            sb.blacklist = list(blacklist)
-            sb.state = SbState.dirty
-            sb.mount_count += 1
-            sb.mtime_ns = time.time_ns()
-            self.dev.commit()           # the mount worked: what it wrote goes to the image
-            self._reserve_seqs(next_seq)
+        self.recovery = Recovery(self, self.plan)
+        self.recovery.run()
+        self.scan = self.recovery.scan
+        self.replayed_keys = self.recovery.replayed_keys
+        self.replayed_entries = self.recovery.replayed_entries
 
     def _abort_mount(self) -> None:
         if isinstance(self.dev, StagedDevice):
             self.dev.abort()
 
-    def _reserve_seqs(self, seq: int) -> None:
+    def reserve_seqs(self, seq: int) -> None:
         """Record in the superblock, durably, that this session may use journal
         seqs up to seq + SEQ_RESERVE_WINDOW: after a crash, the next mount
         blacklists what was not durable of that window."""
         self.sb.seq_reserved = seq + SEQ_RESERVE_WINDOW
         write_superblock(self.dev, self.sb)
         self.journal.seq_limit = self.sb.seq_reserved
-        self.journal.on_seq_limit = self._reserve_seqs
+        self.journal.on_seq_limit = self.reserve_seqs
 
-    def _rewrite_all_nodes(self) -> None:
+    def rewrite_all_nodes(self) -> None:
         """Move every btree node to a fresh region, so no bset with a
         blacklisted seq is reachable any more and old ranges can be dropped."""
-        bt = self.btrees
-        for bid in range(BTREE_ID_NR):
-            for node in list(bt.walk(bid)):
-                node.rewrite = True
-                bt._pin(node, self.journal.cur_seq)
+        self.btrees.mark_all_for_rewrite(self.journal.cur_seq)
         self.sync_all()
         self.counters["btree_full_rewrites"] = self.counters.get("btree_full_rewrites", 0) + 1
 
-    def _first_entry_missing_data(self, scan: JournalScan) -> int | None:
-        """Where ordered data cuts the journal (see first_entry_missing_data)."""
-        return first_entry_missing_data(self.dev, scan.entries)
-
-    def _replay(self, scan: JournalScan) -> None:
-        entries = scan.entries
-        if not entries:
-            return
-        bt = self.btrees
-        if entries[-1].last_seq == entries[-1].seq and not entries[-1].keys:
-            return      # clean: the newest entry says everything is in the btrees
-        max_level = max((lv for e in entries for _b, lv, _k, _v in e.keys), default=0)
-        for level in range(max_level, 0, -1):
-            for e in entries:
-                for bid, lv, key, val in e.keys:
-                    if lv == level:
-                        bt.apply_interior(bid, lv, key, val, e.seq)
-        for e in entries:
-            seq = e.seq
-            for bid, lv, key, val in e.keys:
-                if lv:
-                    continue
-                if val:
-                    bt.insert(bid, key, val, seq)
-                else:
-                    bt.delete(bid, key, seq)
-                self.replayed_keys += 1
-            self.replayed_entries += 1
-        # Interior replay pinned nodes level by level: restore pin order.
-        bt.dirty = dict.fromkeys(sorted(bt.dirty, key=lambda n: n.pin_seq))
-        self.counters["journal_replayed_entries"] = self.replayed_entries
-        self.counters["journal_replayed_keys"] = self.replayed_keys
+    @contextmanager
+    def triggers_off(self) -> Iterator[None]:
+        """Commits inside apply their updates only, deriving nothing (fsck, while
+        the alloc info it would derive from is not trusted yet)."""
+        saved, self.triggers = self.triggers, {}
+        try:
+            yield
+        finally:
+            self.triggers = saved
 
     # ------------------------------------------------------------ transactions
 
@@ -491,7 +382,7 @@ class Engine:
         journal seqs (as a mount takes)."""
         self.read_only = False
         self.sb.state = SbState.dirty
-        self._reserve_seqs(self.journal.cur_seq)
+        self.reserve_seqs(self.journal.cur_seq)
 
     def _write_back_clean(self) -> None:
         self.alloc.release_all()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, fields
 
 import xxhash
@@ -177,6 +178,53 @@ def backup_sb_offset(device_size: int) -> int:
     return (device_size // BLOCK_SIZE - 1) * BLOCK_SIZE
 
 
+class SeqBlacklist:
+    """Journal sequence numbers a crashed session reserved but never made
+    durable (the superblock's blacklist ranges): no journal entry or node bset
+    carrying one counts, and sequence continuity steps over them. The one
+    blacklist test of the package."""
+
+    def __init__(self, ranges=()):
+        self.ranges = sorted((int(a), int(b)) for a, b in ranges if a <= b)
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def blacklisted(self, seq: int) -> bool:
+        return any(a <= seq <= b for a, b in self.ranges)
+
+    def next(self, seq: int) -> int:
+        """The sequence after seq."""
+        n = seq + 1
+        for a, b in self.ranges:
+            if a <= n <= b:
+                n = b + 1
+        return n
+
+    def count(self, lo: int, hi: int) -> int:
+        """How many seqs of [lo, hi] are not blacklisted."""
+        n = hi - lo + 1
+        for a, b in self.ranges:
+            n -= max(0, min(b, hi) - max(a, lo) + 1)
+        return max(n, 0)
+
+    def missing(self, seqs: list[int], lo: int, hi: int, limit: int | None = None) -> list[int]:
+        """Seqs of the chain lo..hi absent from the sorted list seqs, in order (up
+        to limit). Callers bound the chain's length first: a hostile entry's
+        seq can be huge."""
+        have = seqs[bisect_left(seqs, lo):bisect_right(seqs, hi)]
+        out: list[int] = []
+        expect = lo if not self.blacklisted(lo) else self.next(lo)
+        i = 0
+        while expect <= hi and (limit is None or len(out) < limit):
+            if i < len(have) and have[i] == expect:
+                i += 1
+            else:
+                out.append(expect)
+            expect = self.next(expect)
+        return out
+
+
 @dataclass
 class Superblock:
     uuid: bytes
@@ -321,8 +369,8 @@ class Superblock:
             return "too many journal seq blacklist ranges"
         return None
 
-    def seq_blacklisted(self, seq: int) -> bool:
-        return any(a <= seq <= b for a, b in self.blacklist)
+    def seq_blacklist(self) -> SeqBlacklist:
+        return SeqBlacklist(self.blacklist)
 
     @property
     def backup_offset(self) -> int:

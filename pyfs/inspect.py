@@ -86,11 +86,11 @@ def open_image(path: str) -> Device:
 def mount_readonly(dev: Device):
     """A read-only Engine on dev; journal replay happens in memory only."""
     from .btree.tree import BtreeError
-    from .engine import Engine, MountError
-    from .journal.read import JournalError
+    from .engine import Engine
+    from .recovery import MountError
     try:
         return Engine(dev, read_only=True)     # replays onto an in-memory overlay
-    except (MountError, BtreeError, JournalError, FormatError) as e:
+    except (MountError, BtreeError, FormatError) as e:
         raise InspectError(f"{dev.path}: not a usable pyfs filesystem: {e}") from None
 
 
@@ -249,17 +249,16 @@ def dump_nodes(eng, bid: int) -> str:
 
 def journal_lines(dev: Device, verbose: bool = False, raw: bool = False) -> Iterator[str]:
     """The entries a mount would replay (last_seq .. newest), then a summary."""
-    from .journal.read import JournalError, read_journal
+    from .journal.read import read_chain
     from .superblock import read_superblock
     try:
         sb, _warnings = read_superblock(dev)
     except FormatError as e:
         raise InspectError(f"{dev.path}: not a usable pyfs filesystem: {e}") from None
     start = sb.journal_bucket * sb.bucket_size
-    try:
-        scan = read_journal(dev, start, sb.bucket_size, sb.journal_nbuckets)
-    except JournalError as e:
-        raise InspectError(f"{dev.path}: {e}") from None
+    scan = read_chain(dev, sb)
+    if scan.damaged or scan.bogus:
+        yield f"journal damaged: {scan.problems_text()} (run fsck)"
     for e in scan.entries:
         yield e.to_text()
         if verbose:

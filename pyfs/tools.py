@@ -10,8 +10,9 @@ import uuid as uuidlib
 
 from .cli import EXIT_OK, EXIT_USAGE, CliError, _open_error, command, human_size, parse_size
 from .device import open_device
-from .engine import Engine, MountError
+from .engine import Engine
 from .format import MAX_LABEL, DataType
+from .recovery import MountError
 
 
 def open_engine_readonly(path: str) -> Engine:

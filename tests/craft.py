@@ -30,7 +30,6 @@ from pyfs.format import (
 )
 from pyfs.fs import Filesystem
 from pyfs.fs import dir as hashtab
-from pyfs.fsck.repair import no_triggers
 from pyfs.mkfs import format_device
 
 MiB = 1 << 20
@@ -141,7 +140,7 @@ def edit(dev, fn: Callable[[Engine], None]) -> None:
     """Mount, run fn(eng) with the triggers off, unmount cleanly."""
     eng = Engine(dev)
     eng.alloc.state.flush_cache()
-    with no_triggers(eng):
+    with eng.triggers_off():
         fn(eng)
     eng.close()
 

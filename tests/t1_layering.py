@@ -2,8 +2,9 @@
 
 Data flows one way: a module imports only what stands below it,
 
-    tools (cli, mount, fsck, inspect, ...) -> fuse -> fs -> engine -> trans
-        -> btree / journal / alloc -> superblock -> format -> device
+    tools (cli, mount, fsck, inspect, ...) -> fuse -> fs -> engine
+        -> trans / recovery -> btree / journal / alloc -> superblock -> format
+        -> device
 
 btree, journal and alloc are siblings and import none of each other (the
 engine wires them). And no module re-exports: a name is imported from the
@@ -24,7 +25,7 @@ LAYERS = {
     "format": 1,
     "superblock": 2,
     "btree": 3, "journal": 3, "alloc": 3,
-    "trans": 4,
+    "trans": 4, "recovery": 4,
     "engine": 5,
     "fs": 6,
     "fuse": 7, "fuse_loop": 7,

@@ -117,8 +117,8 @@ def test_full_rewrite_when_blacklist_overflows():
 
 
 def test_hostile_journal_value_gives_mount_error():
-    from pyfs.engine import MountError
     from pyfs.format import Alloc
+    from pyfs.recovery import MountError
 
     eng = engine()
     t = eng.trans()
@@ -136,7 +136,7 @@ def test_a_mount_that_fails_writes_nothing():
     the rest of the tree: a read error after those writes fails the mount,
     and the image is exactly what it was (the mount's writes were staged)."""
     from pyfs.device import FaultyDevice
-    from pyfs.engine import MountError
+    from pyfs.recovery import MountError
     dev = MemDevice(16 << 20)
     format_device(dev, bucket_size=128 << 10, btree_node_size=16 << 10)
     eng = Engine(dev)

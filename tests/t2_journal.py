@@ -9,15 +9,23 @@ import random
 import re
 import struct
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from pyfs.btree.io import parse_node
 from pyfs.device import MemDevice, RecordingDevice
 from pyfs.engine import Engine
-from pyfs.format import SECTOR_SIZE, KeyType, pack_key, unpack_jset, unpack_jset_header
+from pyfs.format import (
+    SECTOR_SIZE,
+    KeyType,
+    SeqBlacklist,
+    pack_key,
+    unpack_jset,
+    unpack_jset_header,
+)
 from pyfs.journal.journal import Journal, JournalFull
-from pyfs.journal.read import read_journal
+from pyfs.journal.read import read_chain
 from pyfs.mkfs import format_device
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -38,8 +46,7 @@ def jstart(eng: Engine) -> int:
 
 
 def scan(dev, eng: Engine):
-    sb = eng.sb
-    return read_journal(dev, jstart(eng), sb.bucket_size, sb.journal_nbuckets)
+    return read_chain(dev, eng.sb)
 
 
 def items(eng: Engine, bid: int = 1) -> dict[bytes, bytes]:
@@ -168,8 +175,7 @@ def test_read_journal_on_empty_journal():
     sb_eng_less = MemDevice(dev.snapshot())
     from pyfs.superblock import read_superblock
     sb, _ = read_superblock(sb_eng_less)
-    sc = read_journal(sb_eng_less, sb.journal_bucket * sb.bucket_size, sb.bucket_size,
-                      sb.journal_nbuckets)
+    sc = read_chain(sb_eng_less, sb)
     assert sc.entries == [] and sc.newest is None and sc.end_reason == "empty"
     assert sc.head == 0
     eng = Engine(dev)                   # a fresh image mounts with nothing to replay
@@ -352,6 +358,8 @@ def test_head_never_enters_the_bucket_holding_last_seq():
     start = bs
     dev = MemDevice(start + bs * nb)
     tail = _FixedTail()
+    geometry = SimpleNamespace(bucket_size=bs, journal_bucket=1, journal_nbuckets=nb,
+                               seq_blacklist=SeqBlacklist)
     j = Journal(dev, start=start, bucket_size=bs, nbuckets=nb, counters={},
                 roots_fn=lambda: [], last_seq_fn=tail.last_seq)
 
@@ -368,7 +376,7 @@ def test_head_never_enters_the_bucket_holding_last_seq():
     with pytest.raises(JournalFull):
         for _ in range(nb * bs // SECTOR_SIZE):
             newest = entry()
-            sc = read_journal(dev, start, bs, nb)
+            sc = read_chain(dev, geometry)
             assert sc.newest.seq == newest
             assert [e.seq for e in sc.entries] == list(range(want, newest + 1))
     assert newest is not None and newest - want > 150

@@ -37,7 +37,7 @@ import xxhash
 from pyfs.device import MemDevice, RecordingDevice
 from pyfs.engine import Engine
 from pyfs.format import JSET_HDR_SIZE, KeyType, pack_key, unpack_jset_header
-from pyfs.journal.read import read_journal
+from pyfs.journal.read import read_chain
 from pyfs.mkfs import format_device
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -330,9 +330,7 @@ def test_bad_checksum_at_journal_end_ends_it_cleanly():
     before = dict(state)
     last = _commit(eng, state, 99)
     eng.flush()
-    sb = eng.sb
-    start = sb.journal_bucket * sb.bucket_size
-    scan = read_journal(dev, start, sb.bucket_size, sb.journal_nbuckets)
+    scan = read_chain(dev, eng.sb)
     assert scan.newest.seq == last and scan.end_reason == "end"
     prev_seq = scan.entries[-2].seq
     # Corrupt one payload byte of the newest entry (its keys, past the roots).

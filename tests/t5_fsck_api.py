@@ -188,7 +188,7 @@ def test_internal_error_is_reported_not_raised(clean_img, monkeypatch):
 
     def boom(ctx):
         raise RuntimeError("simulated bug")
-    monkeypatch.setattr(fsck, "PASSES", [(3, boom)] + fsck.PASSES[1:])
+    monkeypatch.setitem(fsck.ENGINE_CHECKS, "check_keys", boom)
     res, out = _run(MemDevice(clean_img), "yes")
     assert res.exit_code & 8
     assert "[250 internal_error] pass 3" in out and "simulated bug" in out
@@ -203,7 +203,7 @@ def test_fsck_that_cannot_finish_leaves_the_image_as_it_was(clean_img, monkeypat
         raise RuntimeError("simulated bug after repairs")
     dev = _dangling(clean_img)
     before = dev.snapshot()
-    monkeypatch.setattr(fsck, "PASSES", [p for p in fsck.PASSES if p[0] < 11] + [(11, boom)])
+    monkeypatch.setitem(fsck.ENGINE_CHECKS, "check_dirs", boom)
     res, out = _run(dev, "yes")
     assert res.exit_code & 8 and "fixed" in out
     assert "nothing was written" in out
@@ -221,7 +221,7 @@ def test_fatal_after_a_superblock_repair_writes_nothing(clean_img, monkeypatch):
     dev = MemDevice(clean_img)
     dev.pwrite(b"\xff" * 64, SB_OFFSET + 64)
     before = dev.snapshot()
-    monkeypatch.setattr(fsck, "PASSES", [(3, boom)] + fsck.PASSES[1:])
+    monkeypatch.setitem(fsck.ENGINE_CHECKS, "check_keys", boom)
     res, out = _run(dev, "yes")
     assert res.exit_code & 8 and not res.exit_code & 1     # nothing was corrected after all
     assert "[1 sb_primary_bad]" in out and "[250 internal_error]" in out
@@ -433,3 +433,24 @@ def test_cli_progress_fd_lines(img_file, capsys, tmp_path):
     capsys.readouterr()
     assert cli.fsck_main(["-f", "-n", "-C", "97", str(img_file)]) == 16
     assert "-C 97: not an open file descriptor" in capsys.readouterr().err
+
+
+def test_every_recovery_pass_has_one_implementation():
+    """The pass table generates both runners: a mount pass is a method of
+    Recovery, an fsck-only pass a method of fsck's Run or one of its engine
+    checks, never both; ids and names are unique and fsck pass numbers rise."""
+    from pyfs import fsck
+    from pyfs.recovery import RECOVERY_PASSES, Recovery, RunsAt
+    ids = [p.stable_id for p in RECOVERY_PASSES]
+    assert len(set(ids)) == len(ids) and len({p.name for p in RECOVERY_PASSES}) == len(ids)
+    numbers = [p.fsck_pass for p in RECOVERY_PASSES]
+    assert numbers == sorted(numbers) and set(numbers) == set(range(1, 13))
+    for p in RECOVERY_PASSES:
+        in_mount = callable(getattr(Recovery, p.name, None))
+        in_fsck = callable(getattr(fsck.Run, p.name, None)) or p.name in fsck.ENGINE_CHECKS
+        if p.runs_at & RunsAt.MOUNT:
+            assert in_mount, p.name
+            assert not in_fsck or p.name == "journal_read", p.name
+        else:
+            assert in_fsck and not in_mount, p.name
+        assert p.fsck_pass in fsck.PASS_NAMES

@@ -46,7 +46,7 @@ from craft import (
 from pyfs.btree.io import parse_node
 from pyfs.btree.tree import BtreeError
 from pyfs.device import DeviceError, MemDevice
-from pyfs.engine import Engine, MountError
+from pyfs.engine import Engine
 from pyfs.format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
@@ -62,13 +62,13 @@ from pyfs.fs import Filesystem
 from pyfs.fsck import FsckOptions, fsck_device
 from pyfs.fsck.errors import Err
 from pyfs.fsck.journal import read_view
-from pyfs.journal.read import JournalError
+from pyfs.recovery import MountError
 from pyfs.superblock import read_superblock
 
 N_DEFAULT = 2000
 TIMEOUT_S = 30
 MEM_LIMIT = 3 << 30
-CLEAN_MOUNT_ERRORS = (MountError, BtreeError, FormatError, JournalError, DeviceError)
+CLEAN_MOUNT_ERRORS = (MountError, BtreeError, FormatError, DeviceError)
 
 
 class FuzzTimeout(BaseException):

@@ -58,6 +58,9 @@ class BucketState:
         self.discard_ready: list[int] = []
         self.open_refs: dict[int, int] = {}         # bucket -> writers holding it open
         self.discard_enabled = True
+        # fsck, until it has recounted: alloc keys may claim fewer sectors than
+        # a bucket holds, and counts clamp at zero (Allocator.tolerate_undercount).
+        self.clamp_undercount = False
         self.orphans_at_mount: list[int] = []
         self.frag = Fragmentation(bucket_size // 512)
         # Live sectors by data type (user, btree): what statfs reports as used.
@@ -121,7 +124,9 @@ class BucketState:
             self.c["alloc_stale_pointers"] = self.c.get("alloc_stale_pointers", 0) + 1
             return
         sectors = a.dirty_sectors + delta
-        assert sectors >= 0, f"bucket {b}: sector count would go negative ({sectors})"
+        if sectors < 0:
+            assert self.clamp_undercount, f"bucket {b}: sector count would go negative ({sectors})"
+            delta, sectors = -a.dirty_sectors, 0
         if data_type in self.live:
             self.live[data_type] += delta
         if sectors and a.data_type != data_type:

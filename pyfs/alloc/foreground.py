@@ -122,6 +122,7 @@ class Allocator:
         self.copygc_wp = WritePoint()
         self.on_need_space = None   # engine: flush the journal so waiting buckets free up
         self.on_low_space = None    # engine: run copygc
+        self._held_low_space = None # ... while hold() keeps copygc off
         self.low_space_mark = 0     # free buckets below which on_low_space runs
 
     def _size_reserves(self) -> None:
@@ -177,6 +178,39 @@ class Allocator:
         self.index.clear_all()
         st.build(self.first, self.end, {}, self.journal.durable_seq)
         st.settle_mount()
+
+    def tolerate_undercount(self, on: bool) -> None:
+        """While fsck has not recounted them, alloc keys may claim fewer sectors
+        than a bucket holds: a node or extent freed meanwhile clamps the count
+        at zero instead of tripping the sanity check."""
+        self.state.clamp_undercount = on
+
+    def mark_taken(self, taken: bytes | bytearray) -> None:
+        """Buckets known to be in use (taken[b] set) are never handed out,
+        whatever their alloc keys say."""
+        idx = self.index
+        for b in range(self.first, self.end):
+            if taken[b]:
+                idx.set_used(b)
+
+    def hold(self, taken: bytes | bytearray) -> None:
+        """Until the alloc info is trusted (fsck): no bucket in taken is handed
+        out, nothing emptied is freed or discarded, copygc stays off."""
+        st = self.state
+        st.discard_enabled = False
+        st.waiting.clear()
+        st.discard_ready.clear()
+        self._held_low_space, self.on_low_space = self.on_low_space, None
+        self.mark_taken(taken)
+
+    def trust(self) -> None:
+        """The alloc keys are right again (fsck recounted them): rebuild the
+        in-memory state from them and work normally."""
+        self.rebuild_from_keys()
+        self.state.discard_enabled = True
+        self.tolerate_undercount(False)
+        if self.on_low_space is None:
+            self.on_low_space = self._held_low_space
 
     def mount_done(self) -> None:
         self.state.overlay = None

@@ -34,6 +34,7 @@ from ..format import (
     BtreeId,
     FormatError,
     NodeHeader,
+    SeqBlacklist,
     pack_btree_ptr,
     unpack_btree_ptr,
 )
@@ -646,6 +647,40 @@ class BtreeSet:
                 keys, vals = node.merged()
                 for i in range(len(keys) - 1, -1, -1):
                     stack.append(self._child(node, keys[i]))
+
+    def node_pointers(self, btree_id: int) -> Iterator[tuple[int, int, bytes]]:
+        """(level, offset, min key) of every node of a btree, reading only the
+        interior nodes (the leaves are known from their parents' pointers)."""
+        root = self.roots[btree_id]
+        if root is None:
+            return
+        yield root.level, root.offset, root.min_key
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if node.level == 0:
+                continue
+            keys, vals = node.merged()
+            for k, v in zip(keys, vals):
+                off, _seq = unpack_btree_ptr(v)
+                yield node.level - 1, off, k
+                if node.level > 1:
+                    stack.append(self._child(node, k))
+
+    def mark_all_for_rewrite(self, seq: int) -> None:
+        """Every node is moved to a fresh region at its next write."""
+        for bid in range(BTREE_ID_NR):
+            for node in list(self.walk(bid)):
+                node.rewrite = True
+                self._pin(node, seq)
+
+    def sort_dirty_by_pin(self) -> None:
+        """Restore the dirty list's pin order (replay pins level by level)."""
+        self.dirty = dict.fromkeys(sorted(self.dirty, key=lambda n: n.pin_seq))
+
+    def set_blacklist(self, space: SeqBlacklist) -> None:
+        """Journal seqs whose bsets are ignored (a crashed session's)."""
+        self.seq_blacklisted = space.blacklisted if space else None
 
     def to_text(self, btree_id: int) -> str:
         return "\n".join(("  " * (self.roots[btree_id].level - n.level)) + n.to_text()

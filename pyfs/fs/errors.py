@@ -8,7 +8,6 @@ import os
 from ..btree.tree import BtreeError
 from ..engine import EngineFailed
 from ..format import FormatError
-from ..journal.read import JournalError
 
 
 class FSError(OSError):
@@ -26,7 +25,7 @@ def enoent(detail: str | None = None) -> FSError:
 # What means the device or the image cannot be trusted any more: writing
 # must stop. OSError covers device I/O errors (an FSError is an errno the fs
 # layer chose, never fatal).
-_FATAL = (OSError, BtreeError, FormatError, JournalError, EngineFailed)
+_FATAL = (OSError, BtreeError, FormatError, EngineFailed)
 
 
 def stops_writes(exc: BaseException, eng) -> bool:

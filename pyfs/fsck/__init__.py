@@ -27,17 +27,13 @@ from dataclasses import dataclass
 from ..device import DeviceBusy, OverlayDevice, StagedDevice, open_device
 from ..engine import Engine
 from ..format import SbState
+from ..recovery import RunsAt, recovery_passes
 from .alloc import pass4, pass5
 from .context import Ctx, FsckOptions
 from .errors import ERROR_TABLE, INFO, PASS_NAMES, Err
 from .journal import erase_entries, read_view
 from .keys import pass3
-from .mount import (
-    RepairEngine,
-    journal_agrees,
-    tolerate_alloc,
-    unreplayable_keys,
-)
+from .mount import describe_key, repair_plan, unreplayable_keys
 from .names import pass8, pass9
 from .passes import pass6, pass7
 from .repair import plural
@@ -58,8 +54,11 @@ from .topology import TopologyCheck
 __all__ = ["ERROR_TABLE", "Err", "FsckOptions", "FsckResult", "MODE_ASK", "MODE_NO",
            "MODE_PREEN", "MODE_YES", "check_engine", "fsck_device", "fsck_path"]
 
-PASSES = [(3, pass3), (4, pass4), (5, pass5), (6, pass6), (7, pass7), (8, pass8),
-          (9, pass9), (10, pass10), (11, pass11), (12, pass12)]
+# The checks that run on the mounted engine, by their recovery pass name.
+ENGINE_CHECKS = {"check_keys": pass3, "check_alloc": pass4, "check_backpointers": pass5,
+                 "check_inodes": pass6, "check_extents": pass7, "check_dirents": pass8,
+                 "check_xattrs": pass9, "check_root": pass10, "check_dirs": pass11,
+                 "check_nlinks": pass12}
 
 
 @dataclass
@@ -81,48 +80,74 @@ class Run:
         self.rep = rep
         self.name = name
         self.ctx: Ctx | None = None
+        self.sb = None
+        self.view = None
         self.pre = None
+        self.eng: Engine | None = None
+        self.overlay = False
         self.skipped = False
 
     def go(self) -> None:
+        """The recovery passes fsck runs, in the table's order: its own checks,
+        and the passes it shares with mount run by the engine's mount."""
+        for p in recovery_passes(RunsAt.FSCK):
+            if p.runs_at & RunsAt.MOUNT and p.name != "journal_read":
+                if self.eng is None:
+                    self.mount()
+                continue
+            if p.fsck_pass != self.rep.pass_no:
+                self.rep.start_pass(p.fsck_pass)
+            if p.name in ENGINE_CHECKS:
+                ENGINE_CHECKS[p.name](self.ctx)
+            else:
+                getattr(self, p.name)()
+            if self.skipped:
+                return
+        self.rep.end_pass()
+        if not self.overlay:
+            # The journal goes on from a fresh bucket: mount finds a bucket's
+            # entries through its first one, which may be one fsck skipped.
+            self.eng.sync_all()
+            self.eng.journal.start_new_bucket()
+            self.eng.close(clean=True)
+
+    def check_superblock(self) -> None:
         rep = self.rep
-        rep.start_pass(1)
-        sb = check_superblock(self.dev, rep)
+        self.sb = sb = check_superblock(self.dev, rep)
         if (rep.mode == MODE_PREEN and not self.opts.force and sb.state == SbState.clean
                 and not rep.problems):
             self.skipped = True
-            return
-        rep.start_pass(2)
-        view = read_view(self.dev, sb)
-        self._journal(sb, view)
+
+    def journal_read(self) -> None:
+        self.view = read_view(self.dev, self.sb)
+
+    def check_journal(self) -> None:
+        self._journal(self.sb, self.view)
+
+    def check_topology(self) -> None:
+        sb, view = self.sb, self.view
         roots_lost = view.newest is None and bool(sb.clean_journal_seq)
-        self.pre = pre = TopologyCheck(self.dev, sb, view, rep, roots_lost=roots_lost).run()
+        self.pre = TopologyCheck(self.dev, sb, view, self.rep, roots_lost=roots_lost).run()
+
+    def mount(self) -> None:
+        """Mount through the engine's recovery passes with fsck's plan; with -n
+        (or when a structural repair was declined) on a copy-on-write overlay."""
+        rep, sb, view, pre = self.rep, self.sb, self.view, self.pre
         skip = self._unreplayable(sb, view, pre)
         declined = any(not p.fixed for p in rep.problems
                        if INFO[p.err].severity == "error" and p.pass_no == 2)
         if declined and rep.mode != MODE_NO:
             rep.mode = MODE_NO      # no rebuild, no repair on top of a broken structure
-        overlay = rep.mode == MODE_NO
-        edev = OverlayDevice(self.dev) if overlay else self.dev
-        eng = self._mount(edev, sb, view, pre, skip)
-        ctx = self.ctx = Ctx(self.dev, eng.sb, eng, rep, self.opts, pre, overlay=overlay)
-        self._protect(ctx, bool(pre.rebuild) and not overlay)
-        for no, fn in PASSES:
-            rep.start_pass(no)
-            fn(ctx)
-        rep.end_pass()
-        if not overlay:
-            if isinstance(eng, RepairEngine):
-                self._fresh_journal_bucket(eng)
-            eng.close(clean=True)
-
-    @staticmethod
-    def _fresh_journal_bucket(eng) -> None:
-        """After a repair mount, the journal goes on from a fresh bucket: mount finds
-        a bucket's entries through its first one, which may be one fsck skipped."""
-        eng.sync_all()
-        j = eng.journal
-        j.head += -j.head % j.bucket_size
+        self.overlay = rep.mode == MODE_NO
+        edev = OverlayDevice(self.dev) if self.overlay else self.dev
+        self.eng = eng = Engine(edev, discard=False, plan=repair_plan(view, pre, skip))
+        self.ctx = ctx = Ctx(self.dev, eng.sb, eng, rep, self.opts, pre, overlay=self.overlay)
+        # Until pass 4 trusts the alloc info: no bucket pass 2 saw in use is
+        # handed out, nothing is freed or discarded, copygc stays off.
+        eng.alloc.hold(pre.used)
+        ctx.alloc_frozen = True
+        if pre.rebuild and not self.overlay:
+            eng.sync_all()      # rebuilt btrees reach the disk before any repair
 
     def _journal(self, sb, view) -> None:
         rep = self.rep
@@ -168,42 +193,9 @@ class Run:
         skip = set()
         for seq, bid, key, why in unreplayable_keys(view, max_value):
             skip.add((seq, bid, key))
-            from .mount import describe_key
             self.rep.problem(Err.journal_key_bad, f"journal entry {seq}: key "
                              f"{describe_key(bid, key)}: {why}; skipped", lambda: None)
         return skip
-
-    def _mount(self, edev, sb, view, pre, skip):
-        plain = (not pre.rebuild and not view.damaged and not view.bogus and not skip
-                 and not view.dropped and journal_agrees(self.dev, sb, view))
-        if plain:
-            try:
-                eng = Engine(edev, discard=False)
-                tolerate_alloc(eng)
-                return eng
-            except Exception:
-                if os.environ.get("PYFS_FSCK_DEBUG"):
-                    traceback.print_exc()
-        return RepairEngine(edev, view, pre, skip, discard=False)
-
-    @staticmethod
-    def _protect(ctx: Ctx, sync_rebuilt: bool) -> None:
-        """Until pass 4 trusts the alloc info: no bucket pass 2 saw in use may be
-        handed out, nothing is freed or discarded, copygc stays off."""
-        eng = ctx.eng
-        st = eng.alloc.state
-        st.discard_enabled = False
-        st.waiting.clear()
-        st.discard_ready.clear()
-        eng.alloc.on_low_space = None
-        idx = eng.alloc.index
-        used = ctx.pre.used
-        for b in range(eng.alloc.first, eng.alloc.end):
-            if used[b]:
-                idx.set_used(b)
-        ctx.alloc_frozen = True
-        if sync_rebuilt:
-            eng.sync_all()      # rebuilt btrees reach the disk before any repair
 
     def summary(self) -> str:
         rep = self.rep
@@ -295,9 +287,10 @@ def check_engine(eng, verify_data: bool = False) -> list[str]:
     rep = Reporter(mode=MODE_NO, out=io.StringIO())
     ctx = Ctx(eng.dev, eng.sb, eng, rep, FsckOptions(check_data=verify_data))
     try:
-        for no, fn in PASSES:
-            rep.start_pass(no)
-            fn(ctx)
+        for p in recovery_passes(RunsAt.FSCK):
+            if p.name in ENGINE_CHECKS:
+                rep.start_pass(p.fsck_pass)
+                ENGINE_CHECKS[p.name](ctx)
     except Exception as e:
         return [f"[{int(Err.internal_error)} internal_error] pass {rep.pass_no}: "
                 f"{type(e).__name__}: {e}"]

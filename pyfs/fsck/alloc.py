@@ -38,13 +38,11 @@ from ..format import (
     checksum,
     key_to_text,
     pack_key,
-    unpack_btree_ptr,
     unpack_key,
 )
 from .context import Ctx
 from .errors import Err
-from .mount import trust_alloc
-from .repair import apply, no_triggers
+from .repair import apply
 
 ALLOC = BtreeId.alloc
 EXT = BtreeId.extents
@@ -53,25 +51,6 @@ HAS_BTREE, HAS_USER = 1, 2
 DETAIL_BATCH = 1 << 17          # backpointers examined in detail per rescan
 M64 = (1 << 64) - 1
 EMPTY_OK_TYPES = (DataType.free, DataType.need_discard, DataType.cached)
-
-
-def iter_nodes(bt, bid: int) -> Iterator[tuple[int, int, bytes]]:
-    """(level, offset, min key) of every node of a btree; reads interior nodes only."""
-    root = bt.roots[bid]
-    if root is None:
-        return
-    yield root.level, root.offset, root.min_key
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node.level == 0:
-            continue
-        keys, vals = node.merged()
-        for k, v in zip(keys, vals):
-            off, _seq = unpack_btree_ptr(v)
-            yield node.level - 1, off, k
-            if node.level > 1:
-                stack.append(bt._child(node, k))
 
 
 def _dt_name(t: int) -> str:
@@ -124,7 +103,7 @@ def pass4(ctx: Ctx) -> None:
     kind = bytearray(nb)
     node_sectors = ctx.eng.node_size // SECTOR_SIZE
     for bid in range(BTREE_ID_NR):
-        for _lv, off, _k in iter_nodes(ctx.bt, bid):
+        for _lv, off, _k in ctx.bt.node_pointers(bid):
             b = off // ctx.bs
             sectors[b] += node_sectors
             kind[b] |= HAS_BTREE
@@ -200,12 +179,12 @@ def region_ok(ctx: Ctx, e: Extent, cache: dict | None = None) -> bool:
 
 
 def _drop_extent(ctx: Ctx, k: bytes) -> None:
-    with no_triggers(ctx.eng):
+    with ctx.eng.triggers_off():
         apply(ctx.eng, [(EXT, k, None)])
 
 
 def _set_extent(ctx: Ctx, k: bytes, e: Extent) -> None:
-    with no_triggers(ctx.eng):
+    with ctx.eng.triggers_off():
         apply(ctx.eng, [(EXT, k, e.pack())])
 
 
@@ -225,10 +204,10 @@ def _compare(ctx: Ctx, keys: AllocKeys, sectors: array, kind: bytearray,
         st.flush_cache()
         apply(ctx.eng, fixes)
     if ctx.alloc_frozen or fixes:
-        alloc.rebuild_from_keys()
-        st.discard_enabled = True
+        alloc.trust()
         ctx.alloc_frozen = False
-    trust_alloc(ctx.eng)
+    else:
+        alloc.tolerate_undercount(False)
 
 
 def _expected_key(ctx: Ctx, keys: AllocKeys, b: int, s: int, k: int, new_gen: int | None,
@@ -277,7 +256,7 @@ def expected_bps(ctx: Ctx, only: set[int] | None = None
     st = ctx.eng.alloc.state
     node_sectors = ctx.eng.node_size // SECTOR_SIZE
     for bid in range(BTREE_ID_NR):
-        for lv, off, mk in iter_nodes(ctx.bt, bid):
+        for lv, off, mk in ctx.bt.node_pointers(bid):
             b = off // bs
             if only is None or b in only:
                 yield b, backpointer_key(b, off - b * bs), Backpointer(

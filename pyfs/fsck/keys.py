@@ -39,7 +39,7 @@ from ..fs.inum import INUM_LIMIT
 from ..fs.xattr import XATTR_SIZE_MAX, check_name
 from .context import Ctx
 from .errors import Err
-from .repair import add_dirent, apply, no_triggers, show, table_remove, unique_name
+from .repair import add_dirent, apply, show, table_remove, unique_name
 
 END_BLOCK = MAX_FILE_SIZE // BLOCK_SIZE
 HOME_LO, HOME_HI = hashtab.HOME_BIT, 1 << 62
@@ -61,7 +61,7 @@ def valid_inum(n: int) -> bool:
 
 
 def pass3(ctx: Ctx) -> None:
-    with no_triggers(ctx.eng):
+    with ctx.eng.triggers_off():
         for bid in CHECKED:
             _check_btree(ctx, bid)
 

@@ -2,7 +2,7 @@
 
 Every change goes through the engine's transactions, so it is journaled and
 atomic like any other update. Before the alloc pass has made the allocation
-info trustworthy, changes run with the extents trigger off (no_triggers) and
+info trustworthy, changes run with the extents trigger off (Engine.triggers_off) and
 the alloc pass recounts afterwards; from then on the triggers keep alloc keys
 and backpointers right, exactly as in normal operation.
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import stat
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ..alloc.foreground import Watermark
 from ..format import (
@@ -33,16 +31,6 @@ DIRENTS = BtreeId.dirents
 XATTRS = BtreeId.xattrs
 MAX_LO = (1 << 64) - 1
 _u64 = struct.Struct("<Q")
-
-
-@contextmanager
-def no_triggers(eng) -> Iterator[None]:
-    saved = eng.triggers
-    eng.triggers = {}
-    try:
-        yield
-    finally:
-        eng.triggers = saved
 
 
 def chunk_keys(eng) -> int:

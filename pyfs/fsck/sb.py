@@ -24,9 +24,9 @@ from ..format import (
     Superblock,
     backup_sb_offset,
 )
+from ..journal.read import RingReader
 from ..superblock import sb_field_layout, write_superblock
 from .errors import Err
-from .journal import RingReader
 
 GEOMETRY = ("uuid", "bucket_size", "btree_node_size", "nbuckets", "device_size",
             "first_data_bucket", "journal_bucket", "journal_nbuckets", "group_buckets",
@@ -62,10 +62,11 @@ def _same_geometry(a: Superblock, b: Superblock) -> bool:
 
 def _journal_entries(dev, sb: Superblock) -> int:
     try:
-        good, _bad = RingReader(dev, sb).scan()
+        r = RingReader(dev, sb)
+        r.scan(range(r.nbuckets))
     except Exception:
         return 0
-    return len(good)
+    return len(r.good)
 
 
 def check_superblock(dev, rep) -> Superblock:

@@ -41,8 +41,8 @@ from ..format import (
     unpack_bset_header,
     unpack_btree_ptr,
 )
+from ..journal.read import JournalScan
 from .errors import Err
-from .journal import JournalView, SeqSpace
 
 # A lost subtree's leaves are searched for in every node slot of the data
 # buckets up to this many slots; beyond, only in the buckets the alloc keys
@@ -104,7 +104,7 @@ class Prescan:
 
 
 class TopologyCheck:
-    def __init__(self, dev, sb, view: JournalView, rep, *, roots_lost: bool = False):
+    def __init__(self, dev, sb, view: JournalScan, rep, *, roots_lost: bool = False):
         self.dev = dev
         self.sb = sb
         self.view = view
@@ -119,14 +119,14 @@ class TopologyCheck:
         # there is.
         self.limit = view.newest.seq if view.newest else (None if roots_lost else 0)
         self.replay_from = view.entries[0].seq if view.entries else 0
-        space = SeqSpace(getattr(sb, "blacklist", ()))
+        space = sb.seq_blacklist()
         # Bsets of blacklisted seqs (a crashed session's, never durable) do not count.
         self.blacklisted = space.blacklisted if space.ranges else None
         self.max_nodes = max(16, (self.end - self.first) * (self.bs // self.node_size))
         self.result = Prescan(used=bytearray(sb.nbuckets))
         self.bt = BtreeSet(dev, self.node_size, None, StubJournal(self.limit or 0), {},
                            cache_nodes=1 << 30)
-        self.bt.seq_blacklisted = self.blacklisted
+        self.bt.set_blacklist(space)
         self.btree_buckets: set[int] = set()
         self.budget = self.max_nodes
         self.root_regions: dict[int, int] = {}

@@ -130,6 +130,13 @@ class Journal:
         # Nothing to replay yet: this session's first entry is a safe last_seq.
         self.safe_last_seq = self.durable_last_seq or next_seq
 
+    def start_new_bucket(self) -> None:
+        """The next entry goes to the start of the next bucket: mount finds a
+        bucket's entries from its first one, so a session that must not follow
+        on from what is in the current bucket (after a crash or a repair)
+        starts a fresh one."""
+        self.head += -self.head % self.bucket_size
+
     # ------------------------------------------------------------ adding keys
 
     def reserve(self, nbytes: int) -> int:

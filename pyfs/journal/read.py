@@ -1,220 +1,231 @@
-"""Finding and validating journal entries at mount.
+"""Reading the journal: one reader for mount and fsck.
 
-Entries never cross a bucket boundary, so every journal bucket in use starts
-with an entry. Mount reads one header block per bucket to find the bucket
-holding the newest entries, walks forward from it to the newest valid entry
-E (a torn or bad-checksum entry, or a sequence break, ends the journal
-cleanly), then walks again from the bucket holding E.last_seq to collect the
-entries to replay. Reading is O(buckets) header reads plus the entries
-replayed, not the whole ring.
+Entries never cross a bucket boundary and start on 512-byte sectors (4 KiB
+blocks in version 1). A bucket scan finds every valid entry of a bucket,
+and every damaged one (a header whose entry fails its checksum). fsck scans
+the whole ring; mount scans only the buckets from the one holding the
+newest entry's last_seq to the one after the newest entry (found from one
+header read per bucket), so mount reads O(buckets) headers plus the live
+journal, not the whole ring. Both apply the same rule to what they found.
 
-Entries written without a flush between them may reach the disk in any
-order, so E may follow a hole. If the first missing entry is newer than E's
-flushed_seq (never known durable), the journal ends before the hole;
-otherwise durable entries are lost and reading fails (JournalError).
+The rule: the chain to replay is last_seq..newest of the newest valid entry
+M. If an entry N of it is missing or damaged, N was durable iff
+M.flushed_seq >= N (M was sealed knowing N was on disk). Then N is damage:
+its keys are lost (fsck reports it; mount refuses and says to run fsck).
+Otherwise N was never acknowledged: entries written without a flush between
+them reach the disk in any order, so the journal ends at N - 1 and the
+valid entries after it are an unacknowledged tail, ignored (fsck erases
+them, so they cannot reappear once new entries reuse their seqs). Then
+ordered data: entries past the newest's flushed_seq whose extents' data is
+not on disk were never acknowledged either; the journal ends before them.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from ..format import (
     BLOCK_SIZE,
     JSET_HDR_SIZE,
+    SECTOR_SIZE,
     BtreeId,
     Extent,
     FormatError,
     JournalEntry,
     KeyType,
+    SeqBlacklist,
     checksum,
     unpack_jset,
     unpack_jset_header,
 )
 
 
-class JournalError(Exception):
-    """The journal is damaged in a way that loses durable entries."""
+@dataclass
+class Found:
+    """A valid entry's header fields and where it lies (ring offset)."""
+    seq: int
+    last_seq: int
+    flushed_seq: int
+    pos: int
+    size: int
 
 
 @dataclass
 class JournalScan:
-    entries: list[JournalEntry] = field(default_factory=list)   # last_seq .. newest
-    positions: list[int] = field(default_factory=list)          # ring offsets of entries
+    entries: list[JournalEntry] = field(default_factory=list)   # the chain, last_seq..newest
+    positions: list[int] = field(default_factory=list)          # their ring offsets
     head: int = 0                                               # ring offset after newest
-    end_reason: str = "empty"    # why the walk stopped: empty, end, bad, dropped, gap
-    bad_offset: int | None = None                               # offset of a torn/bad entry
+    damaged: list[tuple[int, str]] = field(default_factory=list)  # (seq, why): durable, lost
+    dropped: list[Found] = field(default_factory=list)           # unacknowledged tail
+    cut_missing_data: int | None = None                          # seq of the data cut
+    bogus: list[tuple[Found, str]] = field(default_factory=list)  # valid csum, impossible fields
+    end_reason: str = "empty"   # why the chain ends: empty, end, bad (torn), gap (tail dropped)
 
     @property
     def newest(self) -> JournalEntry | None:
         return self.entries[-1] if self.entries else None
 
+    def needs_replay(self) -> bool:
+        n = self.newest
+        return n is not None and not (n.last_seq == n.seq and not n.keys)
 
-class _Reader:
-    def __init__(self, dev, start: int, bucket_size: int, nbuckets: int):
+    def problems_text(self) -> str:
+        out = [f"entry {seq} {why} although a later entry says it was durable"
+               for seq, why in self.damaged[:3]]
+        out += [why for _f, why in self.bogus[:3]]
+        return "; ".join(out)
+
+
+class RingReader:
+    """Finds the valid (and the damaged) entries of journal buckets."""
+
+    def __init__(self, dev, sb, space: SeqBlacklist | None = None):
         self.dev = dev
-        self.start = start
-        self.bsize = bucket_size
-        self.nbuckets = nbuckets
-        self.ring = bucket_size * nbuckets
-        self.cache: dict[int, bytes] = {}
-        self.blacklist: list[tuple[int, int]] = []
-
-    def bucket(self, b: int) -> bytes:
-        buf = self.cache.get(b)
-        if buf is None:
-            if len(self.cache) > 8:
-                self.cache.clear()
-            buf = self.dev.pread(self.bsize, self.start + b * self.bsize)
-            self.cache[b] = buf
-        return buf
+        self.space = space if space is not None else sb.seq_blacklist()
+        self.bsize = sb.bucket_size
+        self.start = sb.journal_bucket * sb.bucket_size
+        self.nbuckets = sb.journal_nbuckets
+        self.ring = self.bsize * self.nbuckets
+        self.good: dict[int, Found] = {}
+        self.bad: dict[int, int] = {}        # seq -> ring offset of a damaged entry
+        self.scanned: set[int] = set()
 
     def first_seqs(self) -> list[tuple[int, int]]:
-        """(seq, bucket) of every bucket whose first block looks like an entry."""
+        """(seq, bucket) of every bucket whose first block looks like an entry of
+        a seq that is not blacklisted, oldest first."""
         out = []
         for b in range(self.nbuckets):
             h = unpack_jset_header(self.dev.pread(BLOCK_SIZE, self.start + b * self.bsize), 0)
-            if h is not None:
+            if h is not None and not self.space.blacklisted(h[0]):
                 out.append((h[0], b))
-        return out
+        return sorted(out)
 
-    def entry_at(self, pos: int) -> JournalEntry | None | FormatError:
-        """The entry at ring offset pos: None if no entry header, an error if damaged."""
-        b, off = divmod(pos, self.bsize)
-        buf = self.bucket(b)
-        if off + JSET_HDR_SIZE > self.bsize:
-            return None
-        h = unpack_jset_header(buf[off:off + JSET_HDR_SIZE], 0)
-        if h is None:
-            return None
-        try:
-            return unpack_jset(buf[off:], self.start + pos)
-        except FormatError as e:
-            return e
+    def scan(self, buckets) -> None:
+        for b in buckets:
+            if b not in self.scanned:
+                self.scanned.add(b)
+                self._scan_bucket(b)
 
-    def walk(self, bucket: int):
-        """Yield (pos, entry) of consecutive entries starting at a bucket's first one.
-
-        The walk ends at a sequence break, a torn entry or an empty block;
-        it yields ("end", reason, offset) last."""
-        pos = bucket * self.bsize
-        expect = None
-        visited = 0
-        while visited <= self.ring:
-            e = self.entry_at(pos % self.ring)
-            if isinstance(e, JournalEntry) and (expect is None or e.seq == expect) and not (
-                    expect is None and self.blacklisted(e.seq)):
-                yield pos % self.ring, e
-                expect = self.next_seq(e.seq)
-                visited += e.size
-                pos += e.size
+    def _scan_bucket(self, b: int) -> None:
+        buf = self.dev.pread(self.bsize, self.start + b * self.bsize)
+        pos = 0
+        while pos + SECTOR_SIZE <= self.bsize:
+            h = unpack_jset_header(buf[pos:pos + JSET_HDR_SIZE], 0)
+            if h is None:
+                pos += SECTOR_SIZE      # entries start on sectors (blocks in v1)
                 continue
-            # Nothing (or an older lap) here: the next entry may start the next bucket.
-            nxt = pos + (-pos % self.bsize or self.bsize) if pos % self.bsize else None
-            if nxt is not None and expect is not None:
-                e2 = self.entry_at(nxt % self.ring)
-                if isinstance(e2, JournalEntry) and e2.seq == expect:
-                    visited += nxt - pos
-                    pos = nxt
-                    continue
-                if isinstance(e2, FormatError) and self._claims(nxt, expect):
-                    e = e2
-            if isinstance(e, FormatError) and (expect is None or self._claims(pos, expect)):
-                yield ("end", "bad", e.offset)
-            else:
-                yield ("end", "end", None)
-            return
-        yield ("end", "end", None)
+            ring_pos = b * self.bsize + pos
+            try:
+                e = unpack_jset(buf[pos:], self.start + ring_pos)
+            except FormatError:
+                self.bad.setdefault(h[0], ring_pos)
+                pos += SECTOR_SIZE
+                continue
+            if self.space.blacklisted(e.seq):
+                pos += e.size          # a crashed session's, never durable
+                continue
+            if e.seq not in self.good:
+                self.good[e.seq] = Found(e.seq, e.last_seq, e.flushed_seq, ring_pos, e.size)
+            pos += e.size
 
-    def blacklisted(self, seq: int) -> bool:
-        return any(a <= seq <= b for a, b in self.blacklist)
+    def entry(self, f: Found) -> JournalEntry:
+        b, off = divmod(f.pos, self.bsize)
+        buf = self.dev.pread(f.size, self.start + b * self.bsize + off)
+        return unpack_jset(buf, self.start + f.pos)
 
-    def next_seq(self, seq: int) -> int:
-        """The sequence after seq, skipping blacklisted ranges (sorted, disjoint)."""
-        n = seq + 1
-        for a, b in self.blacklist:
-            if a <= n <= b:
-                n = b + 1
-        return n
-
-    def _claims(self, pos: int, seq: int) -> bool:
-        b, off = divmod(pos % self.ring, self.bsize)
-        h = unpack_jset_header(self.bucket(b)[off:off + JSET_HDR_SIZE], 0)
-        return h is not None and h[0] == seq
+    def window(self, firsts: list[tuple[int, int]], top: Found) -> list[int]:
+        """Buckets in ring order from the one holding top.last_seq to the one
+        after top's: where the chain and what could follow it lie."""
+        i = bisect_left(firsts, (top.last_seq + 1, -1)) - 1
+        first = firsts[i][1] if i >= 0 else top.pos // self.bsize
+        n = (top.pos // self.bsize - first) % self.nbuckets + 2
+        return [(first + k) % self.nbuckets for k in range(min(n, self.nbuckets))]
 
 
-def read_journal(dev, start: int, bucket_size: int, nbuckets: int,
-                 stop_before: int | None = None, blacklist=()) -> JournalScan:
-    """Find the journal's valid entries; with stop_before, entries from that seq
-    on are treated as never written (mount drops an unflushed tail this way).
-    Entries whose seq is in a blacklisted range (a crashed session's, never
-    durable) are ignored, and sequence continuity skips those ranges."""
-    r = _Reader(dev, start, bucket_size, nbuckets)
-    r.blacklist = sorted(blacklist)
-    firsts = sorted(((s, b) for s, b in r.first_seqs() if not r.blacklisted(s)), reverse=True)
-    scan = JournalScan()
-    newest = None
-    for _seq, b in firsts:
-        last_pos = None
-        for item in r.walk(b):
-            if item[0] == "end":
-                scan.end_reason, scan.bad_offset = item[1], item[2]
-                break
-            if stop_before is not None and item[1].seq >= stop_before:
-                scan.end_reason, scan.bad_offset = "dropped", item[1].offset
-                break
-            last_pos, newest_cand = item
-        if last_pos is not None:
-            newest = newest_cand
-            scan.head = last_pos + newest.size
+def read_chain(dev, sb, *, whole_ring: bool = False) -> JournalScan:
+    """Find the chain of entries to replay (module docstring), classifying what
+    it leaves out. whole_ring: scan every bucket (fsck), not only the window
+    the chain lies in (mount)."""
+    r = RingReader(dev, sb)
+    if whole_ring:
+        firsts = []
+        r.scan(range(r.nbuckets))
+    else:
+        firsts = r.first_seqs()
+        if not firsts:
+            return JournalScan()
+        top_bucket = firsts[-1][1]
+        r.scan([top_bucket, (top_bucket + 1) % r.nbuckets])
+    cut = None
+    while True:
+        scan = JournalScan()
+        seqs = _chain_end(sorted(s for s in r.good if cut is None or s < cut), r, scan)
+        if not seqs and not whole_ring:
+            # Nothing valid (or only an unacknowledged tail) in the newest
+            # buckets: the journal ends in an older one.
+            older = [b for _s, b in reversed(firsts) if b not in r.scanned]
+            if older:
+                r.scan(older[:1])
+                continue
+        if seqs and not whole_ring:
+            want = r.window(firsts, r.good[seqs[-1]])
+            if not r.scanned.issuperset(want):
+                r.scan(want)
+                continue
+        _fill(scan, r, seqs)
+        new_cut = first_entry_missing_data(dev, scan.entries)
+        if new_cut is None:
             break
-    if newest is None:
-        return scan
-    # Collect last_seq .. newest, starting at the bucket holding last_seq.
-    want = newest.last_seq
-    starts = [b for s, b in sorted(firsts) if s <= want]
-    if not starts:
-        raise JournalError(f"journal: no bucket holds entry {want} (needed for replay)")
-    for item in r.walk(starts[-1]):
-        if item[0] == "end":
-            break
-        pos, e = item
-        if e.seq < want:
-            continue
-        scan.entries.append(e)
-        scan.positions.append(pos)
-        if e.seq == newest.seq:
-            break
-    seqs = [e.seq for e in scan.entries]
-    missing = _first_missing(seqs, want, newest.seq, r.next_seq)
-    if missing:
-        if missing[0] > newest.flushed_seq:
-            # Entries written back to back without a flush reach the disk in
-            # any order: a later one can survive a crash that lost an earlier
-            # one. Nothing from the first missing entry on was known durable
-            # (it is past the newest entry's flushed_seq), so the journal ends
-            # before it.
-            cut = missing[0] if stop_before is None else min(stop_before, missing[0])
-            tail = read_journal(dev, start, bucket_size, nbuckets, stop_before=cut,
-                                blacklist=blacklist)
-            tail.end_reason, tail.bad_offset = "gap", None
-            return tail
-        raise JournalError(f"journal: entries {want}..{newest.seq} incomplete; "
-                           f"missing {missing[:5]}")
+        cut = new_cut
+    if cut is not None:
+        scan.cut_missing_data = cut
+        scan.dropped.extend(r.good[s] for s in sorted(r.good) if s >= cut)
+    scan.end_reason = _end_reason(scan, r)
     return scan
 
 
-def _first_missing(seqs: list[int], lo: int, hi: int, next_seq, limit: int = 5) -> list[int]:
-    """Up to limit seqs of the chain lo..hi (next_seq steps over blacklisted
-    ranges) absent from seqs, in order. Work is bounded by len(seqs) + limit,
-    however large hi - lo is (a hostile entry's seq can be huge)."""
-    have = set(seqs)
-    out = []
-    s = lo
-    while s <= hi and len(out) < limit:
-        if s not in have:
-            out.append(s)
-        s = next_seq(s)
-    return out
+def _chain_end(seqs: list[int], r: RingReader, scan: JournalScan) -> list[int]:
+    """Drop bogus entries and unacknowledged tails from the end of the sorted seqs."""
+    space, good = r.space, r.good
+    max_chain = r.ring // SECTOR_SIZE
+    while seqs:
+        top = good[seqs[-1]]
+        if space.count(top.last_seq, top.seq) > max_chain:
+            scan.bogus.append((top, f"entry {top.seq} claims to need entries from "
+                                    f"{top.last_seq} on, more than the ring can hold"))
+            seqs.pop()
+            continue
+        gaps = space.missing(seqs, top.last_seq, top.seq, 1)
+        if not gaps or top.flushed_seq >= gaps[0]:
+            break
+        # The tail from the gap on was never acknowledged: the journal ends before it.
+        i = bisect_left(seqs, gaps[0])
+        scan.dropped.extend(good[s] for s in seqs[i:])
+        del seqs[i:]
+    return seqs
+
+
+def _fill(scan: JournalScan, r: RingReader, seqs: list[int]) -> None:
+    if not seqs:
+        return
+    top = r.good[seqs[-1]]
+    chain = seqs[bisect_left(seqs, top.last_seq):]
+    for missing in r.space.missing(chain, top.last_seq, top.seq):
+        scan.damaged.append((missing, "damaged" if missing in r.bad else "missing"))
+    for s in chain:
+        scan.entries.append(r.entry(r.good[s]))
+        scan.positions.append(r.good[s].pos)
+    scan.head = top.pos + top.size
+
+
+def _end_reason(scan: JournalScan, r: RingReader) -> str:
+    newest = scan.newest
+    if newest is None:
+        return "empty"
+    if scan.dropped:
+        return "gap"
+    return "bad" if r.space.next(newest.seq) in r.bad else "end"
 
 
 def first_entry_missing_data(dev, entries: list[JournalEntry]) -> int | None:
