@@ -20,7 +20,7 @@ from .alloc.copygc import Copygc
 from .alloc.foreground import Allocator, NoSpace, Watermark
 from .btree.tree import BtreeSet, BtreeSpaceError
 from .device import OverlayDevice, StagedDevice
-from .format import BTREE_ID_NR, JSET_KEY_SIZE, BtreeId, SbState
+from .format import BTREE_ID_NR, JSET_KEY_SIZE, BtreeId, SbState, pack_jset_key
 from .journal.journal import Journal
 from .recovery import MountError, Recovery, RecoveryPlan
 from .superblock import read_superblock, write_superblock
@@ -255,20 +255,32 @@ class Engine:
         return True
 
     def _apply(self, t: Trans, ups: dict, seq: int, trig: dict | None) -> None:
-        add = self.journal.add
+        # The hot loop of every commit: Journal.add inlined (its counts are
+        # added once at the end; a failure part way is undone by truncate_open
+        # from the record count).
+        j = self.journal
+        append = j.recs.append
+        pack = pack_jset_key
         bt = self.btrees
+        insert, delete = bt.insert, bt.delete
+        nbytes = 0
         for (bid, key), val in ups.items():
             if val is None:
-                add(bid, key, b"")
-                old = bt.delete(bid, key, seq)
+                append(pack(bid, 0, key, 0))
+                old = delete(bid, key, seq)
             else:
-                add(bid, key, val)
-                old = bt.insert(bid, key, val, seq)
+                n = len(val)
+                nbytes += n
+                append(pack(bid, 0, key, n))
+                append(val)
+                old = insert(bid, key, val, seq)
             if trig:
                 fns = trig.get(bid)
                 if fns:
                     for fn in fns:
                         fn(t, bid, key, old, val)
+        j.nkeys += len(ups)
+        j.nbytes += JSET_KEY_SIZE * len(ups) + nbytes
 
     def _after_commit(self) -> None:
         try:

@@ -88,6 +88,7 @@ def check_node(node: Node) -> None:
     _check(list(mk) == keys and list(mv) == [d[k] for k in keys], node,
            "merged view differs from the sets")
     _check(node.nlive == len(keys), node, f"nlive {node.nlive} but {len(keys)} live keys")
+    _check(node.idx == d, node, "the point lookup index differs from the live keys")
     live_bytes = sum(ENTRY_OVERHEAD + len(v) for v in d.values())
     _check(node.live_bytes == live_bytes, node,
            f"live_bytes {node.live_bytes} but the live keys take {live_bytes}")

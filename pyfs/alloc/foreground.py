@@ -33,6 +33,8 @@ from .buckets import BucketState
 from .freespace import FreeSpaceIndex
 from .goal import Goals
 
+_EXTENT = int(KeyType.extent)
+_BACKPOINTERS = int(BtreeId.backpointers)
 MAX_DATA_WPS = 8
 BLOCK_SECTORS = BLOCK_SIZE // SECTOR_SIZE
 # Btree nodes the structure changes one commit leaves behind may take (splits
@@ -409,25 +411,32 @@ class Allocator:
 
     def extent_trigger(self, t, bid: int, key: bytes, old: bytes | None, new: bytes | None) -> None:
         """Extents btree trigger: per-bucket sector deltas and backpointers."""
-        deltas = t.extra.setdefault("alloc", {})
-        derived = t.extra.setdefault("derived", {})
+        if old and old[0] == _EXTENT:
+            self._extent_changed(t, bid, key, old, -1)
+        if new and new[0] == _EXTENT:
+            self._extent_changed(t, bid, key, new, 1)
+
+    def _extent_changed(self, t, bid: int, key: bytes, val: bytes, sign: int) -> None:
+        extra = t.extra
+        deltas = extra.get("alloc")
+        if deltas is None:
+            deltas = extra["alloc"] = {}
         bs = self.bucket_size
-        for val, sign in ((old, -1), (new, 1)):
-            if not val or val[0] != KeyType.extent:
-                continue
-            e = Extent.unpack(val)
-            start = e.dev_offset + e.live_offset * BLOCK_SIZE
-            b = start // bs
-            k = (b, e.gen)
-            deltas[k] = deltas.get(k, 0) + sign * e.nblocks * BLOCK_SECTORS
-            if self.backpointers:
-                bk = backpointer_key(b, start - b * bs)
-                if sign > 0:
-                    derived[(BtreeId.backpointers, bk)] = Backpointer(
-                        btree_id=bid, level=0, pos=key, length=e.nblocks * BLOCK_SECTORS,
-                        gen=e.gen).pack()
-                else:   # a delete never undoes a set made earlier in this transaction
-                    derived.setdefault((BtreeId.backpointers, bk), None)
+        e = Extent.unpack(val)
+        start = e.dev_offset + e.live_offset * BLOCK_SIZE
+        b = start // bs
+        k = (b, e.gen)
+        deltas[k] = deltas.get(k, 0) + sign * e.nblocks * BLOCK_SECTORS
+        if self.backpointers:
+            derived = extra.get("derived")
+            if derived is None:
+                derived = extra["derived"] = {}
+            bk = (_BACKPOINTERS, backpointer_key(b, start - b * bs))
+            if sign > 0:
+                derived[bk] = Backpointer(btree_id=bid, level=0, pos=key,
+                                          length=e.nblocks * BLOCK_SECTORS, gen=e.gen).pack()
+            else:   # a delete never undoes a set made earlier in this transaction
+                derived.setdefault(bk, None)
 
     def commit_hook(self, t, seq: int) -> None:
         deltas = t.extra.get("alloc")

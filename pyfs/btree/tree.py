@@ -224,8 +224,12 @@ class BtreeSet:
 
     def leaf(self, btree_id: int, key: bytes) -> Node:
         node = self.roots[btree_id]
+        cache = self.cache
         while node.level:
-            node = self._child(node, key)
+            # _child inlined for cached children: every update descends.
+            keys, vals = node.view or node.merged()
+            child = cache.get(vals[bisect_right(keys, key) - 1])
+            node = child if child is not None else self._child(node, key)
         self.tick += 1
         node.last_used = self.tick
         return node
