@@ -9,7 +9,8 @@ with the alloc keys and backpointers; tests run it after every workload.
 
 from __future__ import annotations
 
-from pyfs.alloc.foreground import Watermark, backpointer_key
+from pyfs.alloc.backpointers import at, extent_use
+from pyfs.alloc.foreground import Watermark
 from pyfs.format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
@@ -88,21 +89,17 @@ def expected_usage(eng) -> tuple[dict[int, tuple[int, int]], dict[bytes, tuple]]
     node_sectors = eng.node_size // SECTOR_SIZE
     for bid in range(BTREE_ID_NR):
         for node in eng.btrees.walk(bid):
-            b = node.offset // bs
+            b, bp_key, n = at(node.offset, node_sectors, bs)
             dt, s = usage.get(b, (DataType.btree, 0))
-            usage[b] = (DataType.btree, s + node_sectors)
-            bps[backpointer_key(b, node.offset - b * bs)] = (bid, node.level + 1, node.min_key,
-                                                             node_sectors)
+            usage[b] = (DataType.btree, s + n)
+            bps[bp_key] = (bid, node.level + 1, node.min_key, n)
     for k, v in eng.btrees.iter(BtreeId.extents):
         if v[0] != KeyType.extent:
             continue
-        e = Extent.unpack(v)
-        start = e.dev_offset + e.live_offset * BLOCK_SIZE
-        b = start // bs
-        n = e.nblocks * BLOCK_SIZE // SECTOR_SIZE
+        b, bp_key, n = extent_use(Extent.unpack(v), bs)
         dt, s = usage.get(b, (DataType.user, 0))
         usage[b] = (DataType.user, s + n)
-        bps[backpointer_key(b, start - b * bs)] = (BtreeId.extents, 0, k, n)
+        bps[bp_key] = (BtreeId.extents, 0, k, n)
     return usage, bps
 
 

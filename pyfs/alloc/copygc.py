@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 
 from ..format import BLOCK_SIZE, SECTOR_SIZE, Backpointer, BtreeId, Extent, KeyType, checksum
+from .backpointers import bucket_keys, extent_start, pointed_at
 from .foreground import Watermark
 
 COUNTERS = ("copygc_runs", "copygc_buckets_evacuated", "copygc_bytes_moved",
@@ -94,11 +95,10 @@ class Copygc:
         """Move everything live in bucket b elsewhere. True if it is now empty."""
         eng = self.eng
         bs = self.alloc.bucket_size
-        lo = b.to_bytes(8, "big") + bytes(8)
-        hi = b.to_bytes(8, "big") + b"\xff" * 8
+        lo, hi = bucket_keys(b)
         for k, v in list(eng.btrees.iter(BtreeId.backpointers, lo, hi)):
             bp = Backpointer.unpack(v)
-            offset = b * bs + int.from_bytes(k[8:], "big")
+            offset = pointed_at(k, bs)
             if bp.level == 0:
                 self._move_extent(bp, offset)
             else:
@@ -111,7 +111,7 @@ class Copygc:
         if val is None or val[0] != KeyType.extent:
             return
         e = Extent.unpack(val)
-        if e.dev_offset + e.live_offset * BLOCK_SIZE != offset or e.gen != bp.gen:
+        if extent_start(e) != offset or e.gen != bp.gen:
             return          # the backpointer is for an extent since replaced
         region = eng.dev.pread(e.region_blocks * BLOCK_SIZE, e.dev_offset)
         if checksum(region) != e.csum:

@@ -22,13 +22,12 @@ from collections import OrderedDict
 from ..format import (
     BLOCK_SIZE,
     SECTOR_SIZE,
-    Backpointer,
     BtreeId,
     DataType,
     Extent,
     KeyType,
-    pack_key,
 )
+from .backpointers import at, extent_backpointer, extent_use, node_backpointer
 from .buckets import BucketState
 from .freespace import FreeSpaceIndex
 from .goal import Goals
@@ -36,7 +35,6 @@ from .goal import Goals
 _EXTENT = int(KeyType.extent)
 _BACKPOINTERS = int(BtreeId.backpointers)
 MAX_DATA_WPS = 8
-BLOCK_SECTORS = BLOCK_SIZE // SECTOR_SIZE
 # Btree nodes the structure changes one commit leaves behind may take (splits
 # of the leaves it filled, with their parents): admitting a commit needs this
 # much above its watermark's floor.
@@ -95,10 +93,6 @@ class WritePoint:
         self.last_block = -1
         self.last_bucket = -1
         self.run = 0
-
-
-def backpointer_key(bucket: int, offset_in_bucket: int) -> bytes:
-    return pack_key(bucket, offset_in_bucket)
 
 
 class Allocator:
@@ -375,10 +369,9 @@ class Allocator:
         self.state.add_sectors(ob.bucket, self.node_size // SECTOR_SIZE, DataType.btree,
                                ob.gen)
         if self.backpointers:
-            self.pending_bp.append((backpointer_key(ob.bucket, off - ob.bucket * self.bucket_size),
-                                    Backpointer(btree_id=btree_id, level=level + 1, pos=min_key,
-                                                length=self.node_size // SECTOR_SIZE,
-                                                gen=ob.gen).pack()))
+            sectors = self.node_size // SECTOR_SIZE
+            self.pending_bp.append((at(off, sectors, self.bucket_size).bp_key,
+                                    node_backpointer(btree_id, level, min_key, sectors, ob.gen)))
         return off
 
     def free_node(self, offset: int, seq: int) -> None:
@@ -386,7 +379,7 @@ class Allocator:
         a = self.state.get(b)
         self.state.add_sectors(b, -(self.node_size // SECTOR_SIZE), DataType.btree, a.gen)
         if self.backpointers:
-            self.pending_bp.append((backpointer_key(b, offset - b * self.bucket_size), None))
+            self.pending_bp.append((at(offset, 0, self.bucket_size).bp_key, None))
 
     def apply_deferred(self, seq: int) -> None:
         """Insert node backpointers gathered while btree nodes were being restructured."""
@@ -421,20 +414,17 @@ class Allocator:
         deltas = extra.get("alloc")
         if deltas is None:
             deltas = extra["alloc"] = {}
-        bs = self.bucket_size
         e = Extent.unpack(val)
-        start = e.dev_offset + e.live_offset * BLOCK_SIZE
-        b = start // bs
-        k = (b, e.gen)
-        deltas[k] = deltas.get(k, 0) + sign * e.nblocks * BLOCK_SECTORS
+        use = extent_use(e, self.bucket_size)
+        k = (use.bucket, e.gen)
+        deltas[k] = deltas.get(k, 0) + sign * use.sectors
         if self.backpointers:
             derived = extra.get("derived")
             if derived is None:
                 derived = extra["derived"] = {}
-            bk = (_BACKPOINTERS, backpointer_key(b, start - b * bs))
+            bk = (_BACKPOINTERS, use.bp_key)
             if sign > 0:
-                derived[bk] = Backpointer(btree_id=bid, level=0, pos=key,
-                                          length=e.nblocks * BLOCK_SECTORS, gen=e.gen).pack()
+                derived[bk] = extent_backpointer(bid, key, e)
             else:   # a delete never undoes a set made earlier in this transaction
                 derived.setdefault(bk, None)
 

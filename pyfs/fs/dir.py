@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import xxhash
 
-from ..format import BtreeId, Dirent, Xattr, pack_key
+from ..format import BtreeId, Dirent, KeyType, Xattr, pack_key
 
 HOME_BIT = 1 << 61
 DOT_OFFSET = 1          # readdir offset after "."
@@ -37,14 +37,29 @@ def name_hash(seed: int, name: bytes) -> int:
 
 
 class Codec:
-    """How a table's values expose name and home without a full decode."""
+    """How a table's values expose name and home without a full decode. The
+    one implementation of the table rules: the fs layer and fsck's repairs
+    both probe and remove through it."""
 
-    def __init__(self, btree_id: int, name_of: Callable[[bytes], bytes | None],
+    def __init__(self, btree_id: int, key_type: int, min_size: int,
+                 name_of: Callable[[bytes], bytes | None],
                  home_of: Callable[[bytes], int], tombstone: Callable[[int], bytes]):
         self.btree_id = btree_id
+        self.key_type = key_type
+        self.min_size = min_size
         self.name_of = name_of          # None for a tombstone
         self.home_of = home_of
         self.tombstone = tombstone
+
+    def entry(self, v: bytes) -> tuple[bytes | None, int | None]:
+        """(name or None for a tombstone, home or None) of a value read from an
+        untrusted image: one that does not decode counts as a live entry of
+        unknown home, which probes and removals step over as if it probed
+        through every slot before it."""
+        if len(v) < self.min_size or v[0] != self.key_type:
+            return b"", None
+        name = self.name_of(v)
+        return (None, None) if name is None else (name, self.home_of(v))
 
 
 # Dirent value: type byte, u64 inum, u8 d_type, u64 hash, name.
@@ -56,7 +71,7 @@ def _dirent_name(v: bytes) -> bytes | None:
 
 
 DIRENTS = Codec(
-    BtreeId.dirents, _dirent_name,
+    BtreeId.dirents, KeyType.dirent, Dirent.SIZE, _dirent_name,
     lambda v: _u64.unpack_from(v, 10)[0],
     lambda home: Dirent(inum=0, d_type=0, hash=home).pack())
 
@@ -66,12 +81,14 @@ _XATTR_NAME = Xattr.SIZE
 
 
 def _xattr_name(v: bytes) -> bytes | None:
+    if len(v) < _XATTR_NAME:
+        return b""                      # does not decode: never a match
     n = v[1]
     return v[_XATTR_NAME:_XATTR_NAME + n] if n else None
 
 
 XATTRS = Codec(
-    BtreeId.xattrs, _xattr_name,
+    BtreeId.xattrs, KeyType.xattr, Xattr.SIZE, _xattr_name,
     lambda v: _u64.unpack_from(v, 2)[0],
     lambda home: Xattr(name_len=0, hash=home).pack())
 
@@ -100,25 +117,30 @@ def find(get, codec: Codec, owner: int, home: int, name: bytes
 
 
 def remove(t, codec: Codec, owner: int, slot: int) -> None:
-    """Delete the entry at slot in transaction t, keeping probe chains intact."""
+    """Delete the entry at slot in transaction t, keeping probe chains intact.
+    Values that do not decode (fsck repairing an image) are kept as entries
+    that probe through the slot."""
     bid = codec.btree_id
-    name_of, home_of = codec.name_of, codec.home_of
+    entry = codec.entry
     s = slot + 1
     while True:
         v = t.get(bid, pack_key(owner, s))
         if v is None:
             break
-        if name_of(v) is not None and home_of(v) <= slot:
+        name, home = entry(v)
+        if name is not None and (home is None or home <= slot):
             # A later entry probes through this slot: leave a tombstone.
             old = t.get(bid, pack_key(owner, slot))
-            t.set(bid, pack_key(owner, slot), codec.tombstone(home_of(old)))
+            old_home = entry(old)[1] if old is not None else None
+            t.set(bid, pack_key(owner, slot),
+                  codec.tombstone(old_home if old_home is not None else slot))
             return
         s += 1
     t.delete(bid, pack_key(owner, slot))
     s = slot - 1
     while True:
         v = t.get(bid, pack_key(owner, s))
-        if v is None or name_of(v) is not None:
+        if v is None or entry(v)[0] is not None:
             return
         t.delete(bid, pack_key(owner, s))
         s -= 1

@@ -24,8 +24,9 @@ from collections.abc import Iterator
 
 import xxhash
 
+from ..alloc.backpointers import at, extent_backpointer, extent_use, node_backpointer
 from ..alloc.buckets import NEED_DISCARD, alloc_key
-from ..alloc.foreground import NoSpace, Watermark, backpointer_key
+from ..alloc.foreground import NoSpace, Watermark
 from ..format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
@@ -110,14 +111,15 @@ def pass4(ctx: Ctx) -> None:
     mism: dict[int, list[bytes]] = {}
     match = bytearray(nb)
     n = 0
+    bs = ctx.bs
     for k, v in ctx.items(EXT):
         e = Extent.unpack(v)
-        b = e.dev_offset // ctx.bs
+        b, _bp, used = extent_use(e, bs)
         n += 1
         if n % 4096 == 0:
             ctx.rep.progress("extents", n, 0)
         if e.gen == keys.gen[b]:
-            sectors[b] += e.nblocks * ctx.block_sectors
+            sectors[b] += used
             kind[b] |= HAS_USER
             match[b] = 1
         else:
@@ -153,13 +155,13 @@ def _resolve_gens(ctx: Ctx, keys: AllocKeys, mism: dict[int, list[bytes]], match
             gens[b] = target
         for k, e in verified:
             if e.gen == target:
-                sectors[b] += e.nblocks * ctx.block_sectors
+                sectors[b] += extent_use(e, ctx.bs).sectors
                 kind[b] |= HAS_USER
                 continue
             if ctx.rep.problem(Err.extent_gen_wrong, f"extent {key_to_text(k)} in bucket {b}: "
                                f"generation {e.gen}, bucket's {target}; its data verifies",
                                lambda k=k, e=e, g=target: _set_extent(ctx, k, e.replace(gen=g))):
-                sectors[b] += e.nblocks * ctx.block_sectors
+                sectors[b] += extent_use(e, ctx.bs).sectors
                 kind[b] |= HAS_USER
     return gens
 
@@ -257,19 +259,14 @@ def expected_bps(ctx: Ctx, only: set[int] | None = None
     node_sectors = ctx.eng.node_size // SECTOR_SIZE
     for bid in range(BTREE_ID_NR):
         for lv, off, mk in ctx.bt.node_pointers(bid):
-            b = off // bs
+            b, bp_key, _n = at(off, node_sectors, bs)
             if only is None or b in only:
-                yield b, backpointer_key(b, off - b * bs), Backpointer(
-                    btree_id=bid, level=lv + 1, pos=mk, length=node_sectors,
-                    gen=st.get(b).gen).pack()
+                yield b, bp_key, node_backpointer(bid, lv, mk, node_sectors, st.get(b).gen)
     for k, v in ctx.items(EXT):
         e = Extent.unpack(v)
-        start = e.dev_offset + e.live_offset * BLOCK_SIZE
-        b = start // bs
+        b, bp_key, _n = extent_use(e, bs)
         if only is None or b in only:
-            yield b, backpointer_key(b, start - b * bs), Backpointer(
-                btree_id=EXT, level=0, pos=k, length=e.nblocks * ctx.block_sectors,
-                gen=e.gen).pack()
+            yield b, bp_key, extent_backpointer(EXT, k, e)
 
 
 def pass5(ctx: Ctx) -> None:

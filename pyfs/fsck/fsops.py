@@ -8,9 +8,10 @@ import time
 
 from ..alloc.foreground import Watermark
 from ..format import Dirent, Inode, pack_key
+from ..fs import dir as hashtab
 from ..fs.inode import ROOT_INUM, dtype_of, inode_key
 from .context import Ctx, Rec
-from .repair import DIRENTS, INO, add_dirent, table_remove, unique_name
+from .repair import DIRENTS, INO, add_dirent, unique_name
 
 
 def new_gen(ctx: Ctx) -> int:
@@ -107,7 +108,7 @@ def unlink_entry(ctx: Ctx, owner: int, slot: int, *, counted: bool = True) -> No
     is_dir = trec is not None and stat.S_ISDIR(trec.mode)
     drec = ctx.model.inodes.get(owner)
     t = ctx.eng.trans(Watermark.btree)
-    table_remove(t, DIRENTS, owner, slot)
+    hashtab.remove(t, hashtab.DIRENTS, owner, slot)
     if drec is not None:
         drec.size = max(0, drec.size - 1)
         drec.nlink = max(0, drec.nlink - is_dir)

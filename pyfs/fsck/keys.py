@@ -39,7 +39,7 @@ from ..fs.inum import INUM_LIMIT
 from ..fs.xattr import XATTR_SIZE_MAX, check_name
 from .context import Ctx
 from .errors import Err
-from .repair import add_dirent, apply, show, table_remove, unique_name
+from .repair import add_dirent, apply, show, unique_name
 
 END_BLOCK = MAX_FILE_SIZE // BLOCK_SIZE
 HOME_LO, HOME_HI = hashtab.HOME_BIT, 1 << 62
@@ -116,10 +116,8 @@ def _tombstone(bid: int, k: bytes) -> bytes | None:
     owner, slot = unpack_key(k)
     if not (valid_inum(owner) and HOME_LO <= slot <= hashtab.MAX_SLOT):
         return None
-    home = min(slot, HOME_HI - 1)
-    if bid == BtreeId.dirents:
-        return Dirent(inum=0, d_type=0, hash=home).pack()
-    return Xattr(name_len=0, hash=home).pack()
+    codec = hashtab.DIRENTS if bid == BtreeId.dirents else hashtab.XATTRS
+    return codec.tombstone(min(slot, HOME_HI - 1))
 
 
 # --------------------------------------------------------------------------
@@ -269,7 +267,7 @@ def _rename_dirent(ctx: Ctx, k: bytes, v: bytes) -> None:
     owner, slot = unpack_key(k)
     d = Dirent.unpack(v)
     t = ctx.eng.trans(Watermark.btree)
-    table_remove(t, BtreeId.dirents, owner, slot)
+    hashtab.remove(t, hashtab.DIRENTS, owner, slot)
     name = unique_name(t, ctx.seed, owner, _sanitize(d.tail, d.inum))
     add_dirent(t, ctx.seed, owner, name, d.inum, d.d_type)
     t.commit()

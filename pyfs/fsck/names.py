@@ -28,11 +28,8 @@ from .repair import (
     XATTRS,
     add_dirent,
     delete_owned,
-    entry_of,
-    free_slot,
     plural,
     show,
-    table_remove,
     unique_name,
 )
 
@@ -94,7 +91,7 @@ def pass8(ctx: Ctx) -> None:
 
 def _directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:
     m = ctx.model
-    live = [e for e in entries if entry_of(DIRENTS, e[1])[0] is not None]
+    live = [e for e in entries if hashtab.DIRENTS.entry(e[1])[0] is not None]
     rec = m.inodes.get(owner)
     if rec is None:
         return
@@ -127,7 +124,7 @@ def _directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:
 def _recreate_dir(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:
     """Entries whose directory inode is gone: recreate the directory (before any
     entry is checked, so that entries naming it are not dangling)."""
-    live = [e for e in entries if entry_of(DIRENTS, e[1])[0] is not None]
+    live = [e for e in entries if hashtab.DIRENTS.entry(e[1])[0] is not None]
     if not live:
         return
     root = owner == ROOT_INUM
@@ -199,7 +196,7 @@ def _first_phase(ctx: Ctx, tx: Tx, owner: int, e: Entry, keepers: dict[bytes, En
     target = ctx.model.inodes.get(d.inum)
 
     def remove(is_dir: bool) -> None:
-        table_remove(tx.get(), DIRENTS, owner, e.slot)
+        hashtab.remove(tx.get(), hashtab.DIRENTS, owner, e.slot)
         removed[0] += 1
         removed[1] += is_dir
 
@@ -221,7 +218,7 @@ def _first_phase(ctx: Ctx, tx: Tx, owner: int, e: Entry, keepers: dict[bytes, En
 
     def rename() -> None:
         t = tx.get()
-        table_remove(t, DIRENTS, owner, e.slot)
+        hashtab.remove(t, hashtab.DIRENTS, owner, e.slot)
         e.final_name = unique_name(t, ctx.seed, owner, d.tail)
         e.final_slot = add_dirent(t, ctx.seed, owner, e.final_name, d.inum, _want_dt(ctx, d))
         e.moved = True
@@ -243,7 +240,7 @@ def _second_phase(ctx: Ctx, tx: Tx, owner: int, e: Entry) -> None:
     if not e.moved and not e.placed:
         def move() -> None:
             t = tx.get()
-            table_remove(t, DIRENTS, owner, e.slot)
+            hashtab.remove(t, hashtab.DIRENTS, owner, e.slot)
             e.final_slot = add_dirent(t, ctx.seed, owner, d.tail, d.inum, want_dt)
             e.moved = True
         why = (f"stored hash {d.hash:#x} is not the name's {e.home:#x}" if d.hash != e.home
@@ -270,7 +267,7 @@ def pass9(ctx: Ctx) -> None:
 
 
 def _xattrs(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:
-    live = [e for e in entries if entry_of(XATTRS, e[1])[0] is not None]
+    live = [e for e in entries if hashtab.XATTRS.entry(e[1])[0] is not None]
     if not live:
         return
     if owner not in ctx.model.inodes:
@@ -296,7 +293,7 @@ def _xattrs(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:
         if keep[name] is not p:
             ctx.rep.problem(Err.xattr_dup_name, f"xattr {owner}:{slot} {show(name)}: a second "
                             f"xattr of this name; removed",
-                            lambda slot=slot: table_remove(tx.get(), XATTRS, owner, slot))
+                            lambda slot=slot: hashtab.remove(tx.get(), hashtab.XATTRS, owner, slot))
             tx.maybe_commit()
     for p in keep.values():
         slot, x, name, home, ok = p
@@ -305,8 +302,8 @@ def _xattrs(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:
 
         def move(slot=slot, x=x, name=name, home=home) -> None:
             t = tx.get()
-            table_remove(t, XATTRS, owner, slot)
-            _s, free = free_slot(t, XATTRS, owner, home, name)
+            hashtab.remove(t, hashtab.XATTRS, owner, slot)
+            _s, _v, free = hashtab.find(t.get, hashtab.XATTRS, owner, home, name)
             t.set(XATTRS, pack_key(owner, free), x.replace(hash=home).pack())
         ctx.rep.problem(Err.xattr_slot_wrong, f"xattr {owner}:{slot} {show(name)}: not where "
                         f"its name hashes to", move)

@@ -18,8 +18,6 @@ from ..format import (
     BtreeId,
     Dirent,
     Inode,
-    KeyType,
-    Xattr,
     pack_key,
 )
 from ..fs import dir as hashtab
@@ -109,74 +107,7 @@ def delete_inode(eng, inum: int) -> None:
 
 
 # --------------------------------------------------------------------------
-# Hashed tables (dirents, xattrs): the fs layer's probing rules (pyfs/fs/dir.py)
-
-
-def entry_of(bid: int, v: bytes) -> tuple[bytes | None, int | None]:
-    """(name or None for a tombstone, home slot or None) of a hashed-table value;
-    a value that does not decode counts as a live entry of unknown home."""
-    if bid == DIRENTS:
-        if len(v) < Dirent.SIZE or v[0] != KeyType.dirent:
-            return b"", None
-        if v[1:9] == bytes(8):
-            return None, None
-        return v[Dirent.SIZE:], _u64.unpack_from(v, 10)[0]
-    if len(v) < Xattr.SIZE or v[0] != KeyType.xattr:
-        return b"", None
-    n = v[1]
-    if not n:
-        return None, None
-    return v[Xattr.SIZE:Xattr.SIZE + n], _u64.unpack_from(v, 2)[0]
-
-
-def tombstone(bid: int, home: int) -> bytes:
-    if bid == DIRENTS:
-        return Dirent(inum=0, d_type=0, hash=home).pack()
-    return Xattr(name_len=0, hash=home).pack()
-
-
-def table_remove(t, bid: int, owner: int, slot: int) -> None:
-    """Remove the entry at slot (pyfs/fs/dir.py's rules): it becomes a tombstone if
-    a later entry of its run probes through it, else it goes with the tombstones
-    right before it. Entries that do not decode are treated as probing through."""
-    s = slot + 1
-    while True:
-        v = t.get(bid, pack_key(owner, s))
-        if v is None:
-            break
-        name, home = entry_of(bid, v)
-        if name is not None and (home is None or home <= slot):
-            old = t.get(bid, pack_key(owner, slot))
-            _oname, ohome = entry_of(bid, old) if old is not None else (None, None)
-            t.set(bid, pack_key(owner, slot), tombstone(bid, ohome if ohome else slot))
-            return
-        s += 1
-    t.delete(bid, pack_key(owner, slot))
-    s = slot - 1
-    while True:
-        v = t.get(bid, pack_key(owner, s))
-        if v is None or entry_of(bid, v)[0] is not None:
-            return
-        t.delete(bid, pack_key(owner, s))
-        s -= 1
-
-
-def free_slot(t, bid: int, owner: int, home: int, name: bytes) -> tuple[int | None, int]:
-    """(slot of an entry already named name or None, slot an insert should take):
-    linear probing from home, reusing the first tombstone."""
-    slot = home
-    free = None
-    while True:
-        v = t.get(bid, pack_key(owner, slot))
-        if v is None:
-            return None, slot if free is None else free
-        n, _h = entry_of(bid, v)
-        if n is None:
-            if free is None:
-                free = slot
-        elif n == name:
-            return slot, slot if free is None else free
-        slot += 1
+# Hashed tables (dirents, xattrs): through the fs layer's own rules (pyfs/fs/dir.py)
 
 
 def unique_name(t, seed: int, owner: int, base: bytes) -> bytes:
@@ -184,7 +115,8 @@ def unique_name(t, seed: int, owner: int, base: bytes) -> bytes:
     name = base[:255]
     n = 0
     while True:
-        slot, _free = free_slot(t, DIRENTS, owner, hashtab.name_hash(seed, name), name)
+        slot, _v, _free = hashtab.find(t.get, hashtab.DIRENTS, owner,
+                                       hashtab.name_hash(seed, name), name)
         if slot is None:
             return name
         n += 1
@@ -195,7 +127,7 @@ def unique_name(t, seed: int, owner: int, base: bytes) -> bytes:
 def add_dirent(t, seed: int, owner: int, name: bytes, inum: int, d_type: int) -> int:
     """Insert a dirent (name must be unique in owner); returns its slot."""
     home = hashtab.name_hash(seed, name)
-    _slot, free = free_slot(t, DIRENTS, owner, home, name)
+    _slot, _v, free = hashtab.find(t.get, hashtab.DIRENTS, owner, home, name)
     t.set(DIRENTS, pack_key(owner, free),
           Dirent(inum=inum, d_type=d_type, hash=home, tail=name).pack())
     return free
