@@ -433,6 +433,14 @@ def report(summary: dict, args) -> str:
         irows = [["pyfs counters, fs_mark phase", "variant", "node writes", "node bytes",
                   "journal writes", "journal bytes", "journal flushes", "nodes/file",
                   "node writes -%", "rm: node writes", "rm: whiteouts", "rm speed"]]
+
+        def vs_wb(v, show) -> str:
+            """The reduction and rm speed compare with the wb4096 variant: "-"
+            when it was not run, ERR only when a run of it failed."""
+            if WB not in peers:
+                return "-"
+            return show(v) if v else "ERR"
+
         for wname, row in internals.items():
             for peer in (PYFS, WB):
                 s = row.get(peer)
@@ -445,10 +453,10 @@ def report(summary: dict, args) -> str:
                               fmt(s.get("journal_writes")), fmt(s.get("journal_write_bytes")),
                               fmt(s.get("journal_flushes")),
                               fmt(s.get("node_writes_per_file"), 2),
-                              fmt(row.get("node_writes_reduction_pct")) if first else "",
+                              vs_wb(row.get("node_writes_reduction_pct"), fmt) if first else "",
                               fmt(s.get("rm_btree_node_writes")),
                               fmt(s.get("rm_whiteouts_written")),
-                              (rfmt(rs) if rs else "ERR") if first else ""])
+                              vs_wb(rs, rfmt) if first else ""])
         if len(irows) > 1:
             out += ["", table(irows, right_from=2),
                     "  (deltas of `pyfs stats` over the fs_mark run and over its rm -rf; node "
