@@ -408,10 +408,12 @@ def serve(image: str, mountpoint: str, opts: MountOptions, notify_fd: int | None
     import pyfuse3
     import trio
 
+    from . import fuse_loop
     from .device import DeviceBusy, open_device
     from .engine import Engine
     from .fs import Filesystem
-    from .fuse import Flusher, FlushThread, Operations
+    from .fuse import Operations
+    from .group_commit import Flusher, FlushThread
 
     logf = log_file(mountpoint)
     keep_log = notify_fd is None or (logf.exists() and logf.stat().st_size > 0)
@@ -441,7 +443,7 @@ def serve(image: str, mountpoint: str, opts: MountOptions, notify_fd: int | None
     # Paths first: once mounted, resolving the mountpoint would ask ourselves.
     pidf = pid_file(mountpoint)
     flush_thread = FlushThread()
-    flusher = Flusher(eng, run_sync=flush_thread.run_sync)
+    flusher = Flusher(eng, run_sync=flush_thread.run_sync, before_wait=fuse_loop.handoff)
     ops = Operations(fs, flusher, errors=opts.errors)
     try:
         pyfuse3.init(ops, mountpoint, opts.fuse_options(image))

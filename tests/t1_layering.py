@@ -2,7 +2,7 @@
 
 Data flows one way: a module imports only what stands below it,
 
-    tools (cli, mount, fsck, inspect, ...) -> fuse -> fs -> engine
+    tools (cli, mount, fsck, inspect, ...) -> fuse -> fs -> engine / group_commit
         -> trans / recovery -> btree / journal / alloc -> superblock -> format
         -> device
 
@@ -26,7 +26,7 @@ LAYERS = {
     "superblock": 2,
     "btree": 3, "journal": 3, "alloc": 3,
     "trans": 4, "recovery": 4,
-    "engine": 5,
+    "engine": 5, "group_commit": 5,
     "fs": 6,
     "fuse": 7, "fuse_loop": 7,
 }

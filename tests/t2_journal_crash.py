@@ -30,15 +30,17 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import xxhash
 
-from pyfs.device import MemDevice, RecordingDevice
+from pyfs.device import MemDevice, RecordingDevice, open_device
 from pyfs.engine import Engine
 from pyfs.format import JSET_HDR_SIZE, KeyType, pack_key, unpack_jset_header
 from pyfs.journal.read import read_chain
 from pyfs.mkfs import format_device
+from pyfs.superblock import read_superblock
 
 sys.path.insert(0, os.path.dirname(__file__))
 from t2_btree_model import BTREES, check_btrees  # noqa: E402
@@ -521,3 +523,30 @@ def test_entry_surviving_a_lost_predecessor_ends_the_journal_before_the_hole():
     check_btrees(eng2)
     eng2.close()
     assert engine_state(Engine(img)) == flushed
+
+
+
+def test_chain_reaching_past_the_read_window_mounts(tmp_path):
+    """An image left by a long kill -9 run (tests/t5_kill9_acked.py): the last
+    session persisted every request and never flushed the device, so its
+    entries name a flushed_seq older than their chain; the chain spans five
+    buckets and the bucket after its head holds an older session's entries.
+    Mount judged the chain before reading the buckets it spans, took the
+    unread entries for a never-acknowledged gap, fell back to the older
+    session's chain and refused to mount. The windowed read must find what
+    a read of the whole ring finds."""
+    import lzma
+    img = tmp_path / "img"
+    data = Path(__file__).parent / "data" / "kill9_chain_beyond_window.img.xz"
+    img.write_bytes(lzma.decompress(data.read_bytes()))
+    dev = open_device(str(img), read_only=True)
+    sb, _ = read_superblock(dev)
+    whole = read_chain(dev, sb, whole_ring=True)
+    window = read_chain(dev, sb)
+    assert window.end_reason == whole.end_reason == "end"
+    assert not window.damaged and not window.dropped
+    assert [e.seq for e in window.entries] == [e.seq for e in whole.entries]
+    assert len(window.entries) > 500
+    eng = Engine(dev, read_only=True)
+    assert eng.scan.newest.seq == whole.newest.seq
+    eng.close()

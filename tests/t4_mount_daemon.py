@@ -25,7 +25,8 @@ from pyfs.btree.tree import BtreeError
 from pyfs.device import MemDevice
 from pyfs.format import SbState
 from pyfs.fs import FSError
-from pyfs.fuse import Flusher, FlushThread, Operations
+from pyfs.fuse import Operations
+from pyfs.group_commit import Flusher, FlushThread
 from pyfs.mount import (
     MountFailed,
     _alive,

@@ -159,8 +159,16 @@ def read_chain(dev, sb, *, whole_ring: bool = False) -> JournalScan:
         r.scan([top_bucket, (top_bucket + 1) % r.nbuckets])
     cut = None
     while True:
+        found = sorted(s for s in r.good if cut is None or s < cut)
+        if found and not whole_ring:
+            # Judge the chain only once every bucket it may lie in is read:
+            # an entry not scanned yet is not a missing one.
+            want = r.window(firsts, r.good[found[-1]])
+            if not r.scanned.issuperset(want):
+                r.scan(want)
+                continue
         scan = JournalScan()
-        seqs = _chain_end(sorted(s for s in r.good if cut is None or s < cut), r, scan)
+        seqs = _chain_end(found, r, scan)
         if not seqs and not whole_ring:
             # Nothing valid (or only an unacknowledged tail) in the newest
             # buckets: the journal ends in an older one.
