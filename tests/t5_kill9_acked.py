@@ -30,6 +30,7 @@ from conftest import require_fuse
 ROOT = Path(__file__).resolve().parent.parent
 PYFS = [sys.executable, "-m", "pyfs.cli"]
 ROUNDS = int(os.environ.get("PYFS_KILL_ROUNDS", "6"))
+PAGE = 4096
 
 CLIENT = r"""
 import errno, hashlib, json, os, random, sys
@@ -223,18 +224,33 @@ def replay_log(model: Model, log: str, seed: int) -> tuple[Model, list[Model]]:
     if pending is not None:
         i, created = pending
         op = ops[i]
-        alt = model.copy()
+        if op[0] == "create" and created:
+            op = ["write", op[1], 0, op[2]]
         try:
-            if op[0] == "create" and not created:
+            if op[0] == "create":
+                alt = model.copy()
                 alt.apply(seed, i, op, created_only=True)     # created, nothing written
-            elif op[0] == "create":
-                alt.apply(seed, i, ["write", op[1], 0, op[2]])
+                alts.append(alt)
+            elif op[0] == "write":
+                # The kernel sends a write(2) as one WRITE per page or so: a
+                # kill between them leaves any page-aligned prefix written.
+                for n in page_prefixes(op[2], op[3]):
+                    alt = model.copy()
+                    alt.apply(seed, i, op, short=n)
+                    alts.append(alt)
             else:
+                alt = model.copy()
                 alt.apply(seed, i, op)
-            alts.append(alt)
+                alts.append(alt)
         except (KeyError, IndexError):
             pass                                        # the op would have failed anyway
     return model, alts
+
+
+def page_prefixes(offset: int, length: int) -> list[int]:
+    """Byte counts of a write that end on a page boundary, and the whole."""
+    ends = range((offset // PAGE + 1) * PAGE, offset + length, PAGE)
+    return [e - offset for e in ends] + [length]
 
 
 def actual(mnt: str) -> tuple:
