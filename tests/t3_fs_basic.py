@@ -133,7 +133,7 @@ def test_link_unlink(fsenv):
     raises(errno.EISDIR, fs.unlink, ROOT, b"d")
     raises(errno.ENOTDIR, fs.rmdir, d.st_ino, b"b")
     fs.unlink(d.st_ino, b"b")
-    assert fs.getattr(a.st_ino).st_nlink == 0      # still referenced by lookups
+    raises(errno.ENOENT, fs.getattr, a.st_ino)      # no open file: deleted at once
     raises(errno.ENOENT, fs.link, a.st_ino, ROOT, b"again")
 
 
@@ -261,21 +261,50 @@ def test_times_follow_posix(fsenv):
 
 # ---------------------------------------------------------------- lookup counts
 
-def test_deferred_delete_waits_for_forget(fsenv):
+def test_unlinked_file_without_open_goes_at_once_its_number_at_forget(fsenv, monkeypatch):
+    """Only an open file can reach an unlinked regular file: without one it is
+    deleted in the unlink's transaction, and its number is not reused until
+    the kernel forgets it."""
     fs = fsenv.fs
-    a = fs.create(ROOT, b"a", 0o644)           # lookup count 1
-    fs.lookup(ROOT, b"a")                      # 2
+    d = fs.mkdir(ROOT, b"d", 0o755)
+    a = fs.create(d.st_ino, b"a", 0o644)        # lookup count 1
+    fs.lookup(d.st_ino, b"a")                   # 2
     fs.write(a.st_ino, 0, b"z" * 10000)
-    fs.unlink(ROOT, b"a")
+    fs.setxattr(a.st_ino, b"user.x", b"1")
+    commits = []
+    commit = fs.eng.commit
+    monkeypatch.setattr(fs.eng, "commit", lambda t: commits.append(t) or commit(t))
+    fs.unlink(d.st_ino, b"a")
+    assert len(commits) == 1                    # name, inode, data, xattr: one transaction
+    monkeypatch.undo()
     bt = fsenv.eng.btrees
-    assert bt.get(BtreeId.inodes, orphan_key(a.st_ino)) is not None
-    assert fs.read(a.st_ino, 0, 5) == b"zzzzz"
-    fs.forget(a.st_ino, 1)
-    assert fs.getattr(a.st_ino).st_nlink == 0
-    fs.forget(a.st_ino, 1)
-    raises(errno.ENOENT, fs.getattr, a.st_ino)
     assert bt.get(BtreeId.inodes, orphan_key(a.st_ino)) is None
     assert bt.first(BtreeId.extents, pack_key(a.st_ino, 0), pack_key(a.st_ino, 2**64 - 1)) is None
+    raises(errno.ENOENT, fs.getattr, a.st_ino)
+    raises(errno.ENOENT, fs.lookup, a.st_ino, b".")     # a file handle: ESTALE
+    fs.inums.last_in_dir.clear()                # aim the next create at a's number
+    b = fs.create(d.st_ino, b"b", 0o644)
+    assert b.st_ino != a.st_ino                 # held: the kernel still names it
+    fs.forget(a.st_ino, 1)
+    fs.forget(a.st_ino, 1)
+    assert a.st_ino not in fs.lookups and a.st_ino not in fs.inums.held
+    fs.inums.last_in_dir.clear()
+    assert fs.create(d.st_ino, b"c", 0o644).st_ino == a.st_ino
+    assert fsenv.fsck() == []
+
+
+def test_removed_directory_waits_for_forget(fsenv):
+    """A removed directory can still be someone's cwd: it stays (nlink 0, an
+    orphan) until the kernel forgets it."""
+    fs = fsenv.fs
+    d = fs.mkdir(ROOT, b"d", 0o755)
+    fs.rmdir(ROOT, b"d")
+    bt = fsenv.eng.btrees
+    assert bt.get(BtreeId.inodes, orphan_key(d.st_ino)) is not None
+    assert fs.getattr(d.st_ino).st_nlink == 0
+    fs.forget(d.st_ino, 1)
+    raises(errno.ENOENT, fs.getattr, d.st_ino)
+    assert bt.get(BtreeId.inodes, orphan_key(d.st_ino)) is None
 
 
 def test_open_file_keeps_unlinked_inode(fsenv):
@@ -307,6 +336,7 @@ def test_orphans_deleted_at_mount(fsenv):
     for i in range(5):
         a = fs.create(ROOT, b"f%d" % i, 0o644)
         fs.write(a.st_ino, 0, b"x" * 5000)
+        fs.open(a.st_ino, os.O_RDONLY)          # an open file keeps it
         fs.unlink(ROOT, b"f%d" % i)
         inums.append(a.st_ino)
     fs.eng.flush()

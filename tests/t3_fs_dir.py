@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
 import stat
 
@@ -197,16 +198,20 @@ def test_rename_replaces_file(fsenv):
     assert fs.getattr(ROOT).st_size == 2              # lost+found, y
 
 
-def test_rename_replaced_but_referenced_stays_until_forget(fsenv):
+def test_rename_replaced_but_open_stays_until_release(fsenv):
     fs = fsenv.fs
     fs.create(ROOT, b"x", 0o644)
     y = fs.create(ROOT, b"y", 0o644)
     fs.write(y.st_ino, 0, b"old y")
+    fs.open(y.st_ino, os.O_RDONLY)
     fs.rename(ROOT, b"x", ROOT, b"y")
     assert fs.getattr(y.st_ino).st_nlink == 0
     assert fs.read(y.st_ino, 0, 10) == b"old y"
+    fs.release(y.st_ino)
+    raises(errno.ENOENT, fs.getattr, y.st_ino)      # gone; its number held
+    assert y.st_ino in fs.inums.held
     fs.forget(y.st_ino, 1)
-    raises(errno.ENOENT, fs.getattr, y.st_ino)
+    assert y.st_ino not in fs.inums.held
 
 
 def test_rename_directories_update_links(fsenv):

@@ -44,9 +44,12 @@ def test_dot_lookup_counts_like_any_lookup(fsenv):
     fs.open(a.st_ino, os.O_RDONLY)
     fs.unlink(ROOT, b"a")                           # open: kept as an orphan
     assert fs.lookup(a.st_ino, b".").st_nlink == 0  # found by handle
+    fs.open(a.st_ino, os.O_RDONLY)                  # opened by handle
     fs.release(a.st_ino)
-    assert fs.read(a.st_ino, 0, 10) == b"data"      # the lookup keeps it alive
-    fs.forget(a.st_ino, 1)
+    assert fs.read(a.st_ino, 0, 10) == b"data"      # one open left keeps it
+    fs.release(a.st_ino)                            # no open left: deleted
     raises(errno.ENOENT, fs.getattr, a.st_ino)
-    raises(errno.ENOENT, fs.lookup, a.st_ino, b".")
-    assert a.st_ino not in fs.lookups
+    raises(errno.ENOENT, fs.lookup, a.st_ino, b".")  # the handle is stale now
+    assert a.st_ino in fs.inums.held                # until the kernel forgets it
+    fs.forget(a.st_ino, 1)
+    assert a.st_ino not in fs.lookups and a.st_ino not in fs.inums.held

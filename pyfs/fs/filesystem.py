@@ -4,9 +4,13 @@ Every operation that changes several keys (create = inode + dirent + parent;
 rename; unlink) is one transaction. Methods mirror what pyfuse3 needs and
 raise FSError(errno). Lookup counts are kept exactly as the kernel keeps them:
 lookup/create/mkdir/mknod/symlink/link each add one reference, forget drops
-them. An inode whose last link goes while the kernel (or an open file) still
-references it stays as an orphan, indexed at inodes key (0, inum), and is
-deleted when the last reference goes, or at the next mount.
+them. An inode whose last link goes while something can still reach it stays
+as an orphan, indexed at inodes key (0, inum), and is deleted when the last
+such reference goes, or at the next mount. For a directory that is any
+kernel reference (a process's cwd can still stat it); for any other inode
+only an open file: without one the kernel has no way left to reach it (its
+name is gone), so it is deleted in the unlink's own transaction and only its
+number stays held until the kernel forgets it (see inum.py).
 
 Large deletions (a big file's extents) are split over several transactions,
 bounded by the journal's entry size; the orphan index makes them restartable.
@@ -272,8 +276,10 @@ class Filesystem:
         """Count a lookup reference the caller handed out (a readdirplus entry)."""
         self._ref(inum)
 
-    def _in_use(self, inum: int) -> bool:
-        return bool(self.lookups.get(inum) or self.opens.get(inum))
+    def _reachable(self, inum: int, ino: Inode) -> bool:
+        """Can the kernel still reach this unlinked inode? Only through an open
+        file, or for a directory also as someone's cwd (a lookup reference)."""
+        return bool(self.opens.get(inum) or (is_dir(ino) and self.lookups.get(inum)))
 
     # ------------------------------------------------------------ mount
 
@@ -292,6 +298,7 @@ class Filesystem:
         they kept alive now rather than at the next mount."""
         self.lookups.clear()
         self.opens.clear()
+        self.inums.held.clear()
         if not self.read_only:
             self._process_orphans("fs_orphans_at_unmount")
 
@@ -352,7 +359,8 @@ class Filesystem:
         if n < 0:
             self.c["fs_forget_underflows"] += 1
         self.lookups.pop(inum, None)
-        self._maybe_free(inum)
+        if not self.inums.release(inum):
+            self._maybe_free(inum)
 
     def setattr(self, inum: int, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
@@ -565,7 +573,7 @@ class Filesystem:
         the caller must run _destroy after committing op."""
         if ino.nlink:
             return False
-        if not self._in_use(inum):
+        if not self._reachable(inum, ino):
             exts = self.data.all_keys(inum, self.chunk)
             xks = self.xattrs.keys(inum, self.chunk - len(exts))
             if len(exts) + len(xks) < self.chunk:
@@ -577,18 +585,21 @@ class Filesystem:
                 self._forget_inum(inum)
                 return False
         op.t.set(INO, orphan_key(inum), orphan_val(ORPHAN_DELETE))
-        return not self._in_use(inum)
+        return not self._reachable(inum, ino)
 
     def _maybe_free(self, inum: int) -> None:
-        if self.read_only or self._in_use(inum):
+        if self.read_only:
             return
         ino = self.inodes.get(inum)
-        if ino is not None and ino.nlink == 0:
+        if ino is not None and ino.nlink == 0 and not self._reachable(inum, ino):
             self._destroy(inum)
 
     def _forget_inum(self, inum: int) -> None:
-        self.lookups.pop(inum, None)
+        """inum's inode is deleted; while the kernel still holds references to
+        the number, it must not name a new inode."""
         self.opens.pop(inum, None)
+        if self.lookups.get(inum):
+            self.inums.hold(inum)
         self.c["fs_inodes_deleted"] += 1
 
     def _destroy(self, inum: int) -> None:

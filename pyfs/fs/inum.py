@@ -14,8 +14,10 @@ directory get consecutive inums, so their inodes share btree leaves and
 
 Nothing here is persistent: the high-water mark comes from the inodes btree
 at mount (one descent), the per-directory history starts empty. An inum is
-free iff the inodes btree has no key for it: the fs layer keeps an inode's
-key until its last reference is gone, so an inum is never reused while in use.
+free iff the inodes btree has no key for it and it is not held: a file
+deleted at unlink while the kernel still holds lookup references to its
+number (fs layer, "Deleting") is held until the kernel forgets it, so the
+kernel never sees one number name two inodes.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class InumAllocator:
                                   pack_key(FIRST_INUM, 0))
         self.high = unpack_key(last[0])[0] if last else FIRST_INUM - 1
         self.last_in_dir: dict[int, int] = {}
+        self.held: set[int] = set()     # deleted, but the kernel may still name them
         self.stats = {"inum_goal_hits": 0, "inum_probes": 0, "inum_fallbacks": 0}
 
     def alloc(self, parent: int, is_dir: bool, depth: int = 1) -> int:
@@ -71,13 +74,33 @@ class InumAllocator:
         expect = goal
         for k, _v in self.btrees.iter(BtreeId.inodes, pack_key(goal, 0), pack_key(end, 0)):
             inum = unpack_key(k)[0]
+            expect = self._skip_held(expect, inum)
             if inum != expect:
                 break
             expect += 1
+        else:
+            expect = self._skip_held(expect, end + 1)
         if expect > end:
             return None
         self.stats["inum_probes" if expect > goal else "inum_goal_hits"] += 1
         return expect
+
+    def _skip_held(self, inum: int, limit: int) -> int:
+        held = self.held
+        while inum < limit and inum in held:
+            inum += 1
+        return inum
+
+    def hold(self, inum: int) -> None:
+        self.held.add(inum)
+
+    def release(self, inum: int) -> bool:
+        """Forgotten by the kernel: free for reuse. False if it was not held."""
+        try:
+            self.held.remove(inum)
+        except KeyError:
+            return False
+        return True
 
     def _fallback(self) -> int:
         self.stats["inum_fallbacks"] += 1
