@@ -197,11 +197,12 @@ class Model:
 
 
 def replay_log(model: Model, log: str, seed: int) -> tuple[Model, list[Model]]:
-    """Apply the done operations; return the model and the alternatives the one
-    operation in flight at the kill may have left (with it, or half of it)."""
+    """Apply the done operations; return the model and the alternatives the
+    operations in flight at the kill may have left (with them, or part)."""
     recs = [json.loads(line) for line in Path(log).read_text().splitlines()]
     ops: dict[int, list] = {}
     pending = None
+    cut = None
     for r in recs:
         if "op" in r:
             ops[r["i"]] = r["op"]
@@ -214,37 +215,47 @@ def replay_log(model: Model, log: str, seed: int) -> tuple[Model, list[Model]]:
             op = ops[i]
             n = r.get("n")
             if op[0] == "create" and pending == (i, True):
-                model.apply(seed, i, ["write", op[1], 0, op[2]], short=n)
-            else:
-                model.apply(seed, i, op, short=n)
+                op = ["write", op[1], 0, op[2]]
+            model.apply(seed, i, op, short=n)
+            # A write that came back short was cut by the kill: the kernel had
+            # sent it as several WRITEs, the one in flight failed.
+            cut = (i, op, n) if op[0] == "write" and n is not None and n < op[3] else None
             pending = None
         elif "err" in r:
             pending = None          # failed: changed nothing (a create's empty file stays)
-    alts = []
+    bases = [model]
+    if cut is not None:
+        i, op, n = cut
+        bases += [_applied(model, seed, i, op, short=m)
+                  for m in page_prefixes(op[2], op[3]) if m > n]
+    alts = bases[1:]
     if pending is not None:
-        i, created = pending
-        op = ops[i]
-        if op[0] == "create" and created:
-            op = ["write", op[1], 0, op[2]]
-        try:
-            if op[0] == "create":
-                alt = model.copy()
-                alt.apply(seed, i, op, created_only=True)     # created, nothing written
-                alts.append(alt)
-            elif op[0] == "write":
-                # The kernel sends a write(2) as one WRITE per page or so: a
-                # kill between them leaves any page-aligned prefix written.
-                for n in page_prefixes(op[2], op[3]):
-                    alt = model.copy()
-                    alt.apply(seed, i, op, short=n)
-                    alts.append(alt)
-            else:
-                alt = model.copy()
-                alt.apply(seed, i, op)
-                alts.append(alt)
-        except (KeyError, IndexError):
-            pass                                        # the op would have failed anyway
+        for base in bases:
+            alts += _in_flight(base, seed, ops, *pending)
     return model, alts
+
+
+def _applied(model: Model, seed: int, i: int, op: list, **kw) -> Model:
+    alt = model.copy()
+    alt.apply(seed, i, op, **kw)
+    return alt
+
+
+def _in_flight(model: Model, seed: int, ops: dict, i: int, created: bool) -> list[Model]:
+    """What the operation in flight at the kill may have left."""
+    op = ops[i]
+    if op[0] == "create" and created:
+        op = ["write", op[1], 0, op[2]]
+    try:
+        if op[0] == "create":                               # created, nothing written
+            return [_applied(model, seed, i, op, created_only=True)]
+        if op[0] == "write":
+            # The kernel sends a write(2) as one WRITE per page or so: a
+            # kill between them leaves any page-aligned prefix written.
+            return [_applied(model, seed, i, op, short=n) for n in page_prefixes(op[2], op[3])]
+        return [_applied(model, seed, i, op)]
+    except (KeyError, IndexError):
+        return []                                       # the op would have failed anyway
 
 
 def page_prefixes(offset: int, length: int) -> list[int]:
@@ -310,6 +321,24 @@ def check_tree(mnt: str, model: Model, alts: list[Model], seed: int) -> None:
     raise AssertionError(f"seed {seed}: after kill -9 the tree is not what was acknowledged: "
                          f"missing {missing}, extra {extra}, different {differ}, "
                          f"dirs {sorted(dirs ^ wdirs)}")
+
+
+def test_replay_counts_the_unacknowledged_rest_of_a_cut_write(tmp_path):
+    """A write(2) the kill cut short (the kernel sent it as two WRITEs, the
+    daemon died in the second) may have left the second one on the image; the
+    operation the client started next may have reached the daemon or not."""
+    log = tmp_path / "ops.log"
+    recs = [{"i": 1, "op": ["create", "w/f", 0]}, {"i": 1, "created": True},
+            {"i": 1, "done": True, "n": 0},
+            {"i": 2, "op": ["write", "w/f", 4000, 3000]}, {"i": 2, "done": True, "n": 96},
+            {"i": 3, "op": ["setxattr", "w/f", "user.k0", 5]}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    model, alts = replay_log(Model(), str(log), 9)
+    snap = model.snapshot()[0]["w/f"]
+    assert len(snap[0]) == 4096 and snap[1] == ()          # what was acknowledged
+    got = sorted((len(a.snapshot()[0]["w/f"][0]), len(a.snapshot()[0]["w/f"][1])) for a in alts)
+    # the rest landed or not, times the setxattr in flight or not
+    assert got == [(4096, 1), (7000, 0), (7000, 1)]
 
 
 def test_kill9_loses_nothing_acknowledged(tmp_path):
