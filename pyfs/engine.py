@@ -6,38 +6,27 @@ the keys of entries last_seq..newest and mark the superblock dirty.
 Unmount: write every dirty node, write a final journal entry recording that
 nothing needs replay, flush, mark clean.
 
-Transactions commit without waiting for I/O. Journal reclaim writes the nodes
+The engine owns these parts and the lifecycle (mount, reclaim, flush,
+freeze, close, fail); transactions commit through its Committer
+(pyfs/trans.py), without waiting for I/O. Journal reclaim writes the nodes
 pinning the oldest sequences when the ring fills past a watermark; that is
 the normal trigger of btree node writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from .alloc.copygc import Copygc
-from .alloc.foreground import Allocator, NoSpace, Watermark
-from .btree.tree import BtreeSet, BtreeSpaceError
+from .alloc.foreground import Allocator, Watermark
+from .btree.tree import BtreeSet
 from .device import OverlayDevice, StagedDevice
-from .format import BTREE_ID_NR, JSET_KEY_SIZE, BtreeId, SbState, pack_jset_key
+from .format import BTREE_ID_NR, BtreeId, SbState
 from .journal.journal import Journal
 from .recovery import MountError, Recovery, RecoveryPlan
 from .superblock import read_superblock, write_superblock
-from .trans import Trans, Trigger
+from .trans import Committer, Trans
 
 # Journal seqs a session reserves in the superblock at a time.
 SEQ_RESERVE_WINDOW = 1 << 24
-# Journal bytes a trigger may derive from one update (two backpointer changes).
-DERIVED_ESTIMATE = 2 * (JSET_KEY_SIZE + 32)
-# Reclaim starts when the journal ring is this full, and writes nodes pinning
-# the oldest half of the live journal.
-RECLAIM_WATERMARK = 0.5
-
-
-class EngineFailed(Exception):
-    """A commit failed part way; the engine stopped writing (as if the power
-    was cut at that moment) and refuses changes until it is mounted again."""
 
 
 class Engine:
@@ -59,7 +48,6 @@ class Engine:
         # writes that need a preflush to it; otherwise they are done inline.
         self.background = background
         self.counters: dict[str, int] = {}
-        self.triggers: dict[int, list[Trigger]] = {}
         self.warnings: list[str] = []
         try:
             self.sb, warns = read_superblock(dev)
@@ -82,8 +70,11 @@ class Engine:
         self.alloc.on_low_space = self._low_space
         self.btrees.space = self.alloc
         self.journal.on_durable.append(self.alloc.durable)
-        self.add_trigger(BtreeId.extents, self.alloc.extent_trigger)
-        self.commit_hooks = [self.alloc.commit_hook]
+        # Transactions commit through this (pyfs/trans.py), with what the
+        # allocator derives from extents.
+        self.committer = Committer(self)
+        self.committer.add_trigger(BtreeId.extents, self.alloc.extent_trigger)
+        self.committer.hooks.append(self.alloc.commit_hook)
         self.plan = plan
         self.replayed_keys = 0
         self.replayed_entries = 0
@@ -137,89 +128,10 @@ class Engine:
         self.sync_all()
         self.counters["btree_full_rewrites"] = self.counters.get("btree_full_rewrites", 0) + 1
 
-    @contextmanager
-    def triggers_off(self) -> Iterator[None]:
-        """Commits inside apply their updates only, deriving nothing (fsck, while
-        the alloc info it would derive from is not trusted yet)."""
-        saved, self.triggers = self.triggers, {}
-        try:
-            yield
-        finally:
-            self.triggers = saved
-
     # ------------------------------------------------------------ transactions
 
     def trans(self, watermark: Watermark = Watermark.normal) -> Trans:
         return Trans(self, watermark)
-
-    def add_trigger(self, btree_id: int, fn: Trigger) -> None:
-        self.triggers.setdefault(btree_id, []).append(fn)
-
-    def commit(self, t: Trans) -> int:
-        """Journal and apply t's updates, then what its triggers derive, atomically.
-
-        Triggers run after each update is applied, with the old value the
-        apply found (no second lookup). They put derived updates (e.g.
-        backpointers) in t.extra["derived"] and per-bucket deltas for the
-        commit hooks; all of it lands in the same journal entry.
-
-        Nothing inside the commit allocates: it is admitted only while its
-        watermark's reserve holds (NoSpace otherwise, with nothing applied),
-        and the splits, merges and node writes its keys call for run after it
-        (_maintain), where they may wait for space."""
-        if self.failed is not None:
-            raise EngineFailed(f"filesystem stopped after an error: {self.failed}")
-        if self.read_only:
-            raise PermissionError("read-only engine")
-        if not self.alloc.admits(t.watermark):
-            self.counters["commit_enospc"] = self.counters.get("commit_enospc", 0) + 1
-            raise NoSpace(f"no space for a commit above the {t.watermark.name} reserve")
-        ups = t.updates
-        j = self.journal
-        trig = self.triggers
-        est = 0
-        limit = self.btrees.max_value
-        for (bid, _k), v in ups.items():
-            if v is not None and len(v) > limit:
-                # Checked before anything is applied: a commit is all or nothing.
-                raise ValueError(f"value of {len(v)} bytes exceeds the {limit} limit")
-            est += JSET_KEY_SIZE + (len(v) if v else 0) + (DERIVED_ESTIMATE if bid in trig else 0)
-        seq = j.reserve(est)
-        mark = j.mark()
-        self.btrees.defer()
-        try:
-            self._apply(t, ups, seq, trig)
-            derived = t.extra.pop("derived", None)
-            if derived:
-                self._apply(t, derived, seq, None)
-            for hook in self.commit_hooks:
-                hook(t, seq)
-            self.alloc.apply_deferred(seq)
-        except BaseException as e:
-            # Part of the transaction is applied in memory and in the open
-            # journal entry: nothing of it may reach the disk, everything
-            # committed before it should (the tree's shape did not change).
-            self.btrees.deferred = None
-            j.truncate_open(mark)
-            self.stop(e)
-            raise
-        self._maintain()
-        self._after_commit()
-        return seq
-
-    def _maintain(self) -> None:
-        """The structure changes the last commit called for: splits, merges and
-        node writes, with the node backpointers they derive. Each is whole or
-        not done (no space: it waits); anything else that goes wrong here
-        leaves the btrees half-changed, so the engine stops writing."""
-        try:
-            self.btrees.run_deferred()
-            self.alloc.apply_deferred(self.journal.cur_seq)
-        except BtreeSpaceError as e:
-            raise NoSpace(str(e)) from e
-        except BaseException as e:
-            self.fail(e)            # a split half done: not even the journal may be written
-            raise
 
     def stop(self, err: BaseException) -> None:
         """Stop writing after an error, once everything committed is written
@@ -253,58 +165,6 @@ class Engine:
             return False
         j.write_committed()
         return True
-
-    def _apply(self, t: Trans, ups: dict, seq: int, trig: dict | None) -> None:
-        # The hot loop of every commit: Journal.add inlined (its counts are
-        # added once at the end; a failure part way is undone by truncate_open
-        # from the record count).
-        j = self.journal
-        append = j.recs.append
-        pack = pack_jset_key
-        bt = self.btrees
-        insert, delete = bt.insert, bt.delete
-        nbytes = 0
-        for (bid, key), val in ups.items():
-            if val is None:
-                append(pack(bid, 0, key, 0))
-                old = delete(bid, key, seq)
-            else:
-                n = len(val)
-                nbytes += n
-                append(pack(bid, 0, key, n))
-                append(val)
-                old = insert(bid, key, val, seq)
-            if trig:
-                fns = trig.get(bid)
-                if fns:
-                    for fn in fns:
-                        fn(t, bid, key, old, val)
-        j.nkeys += len(ups)
-        j.nbytes += JSET_KEY_SIZE * len(ups) + nbytes
-
-    def _after_commit(self) -> None:
-        try:
-            self._housekeep_after_commit()
-        except BtreeSpaceError as e:
-            # Nothing is half-done (a node that cannot be split or rewritten is
-            # left dirty); the reserves exist so that this does not happen.
-            raise NoSpace(str(e)) from e
-
-    def _housekeep_after_commit(self) -> None:
-        j = self.journal
-        if j.sealed and (not self.background or not j.needs_preflush()):
-            j.write_sealed()
-        free = j.space_free()       # one tail walk per commit, not two
-        if 1.0 - free / j.ring > RECLAIM_WATERMARK:
-            self.reclaim()
-            free = j.space_free()   # reclaim's key-cache flush may seal an entry
-        if free < j.reserve_bytes:
-            self.make_journal_space()
-        if len(self.btrees.cache) > self.btrees.cache_nodes:
-            self.btrees.maybe_evict()
-            self.alloc.apply_deferred(j.cur_seq)
-        if self.alloc.state.discard_ready and not self.background:
-            self.alloc.state.do_discards()
 
     # ------------------------------------------------------------ reclaim/flush
 

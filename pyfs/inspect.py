@@ -85,7 +85,7 @@ def open_image(path: str) -> Device:
 
 def mount_readonly(dev: Device):
     """A read-only Engine on dev; journal replay happens in memory only."""
-    from .btree.tree import BtreeError
+    from .btree.cache import BtreeError
     from .engine import Engine
     from .recovery import MountError
     try:

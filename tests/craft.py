@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pyfs.btree import tree as btree_tree
+from pyfs.btree import cache as btree_cache
 from pyfs.btree.io import encode_first, parse_node
 from pyfs.device import MemDevice
 from pyfs.engine import Engine
@@ -56,13 +56,13 @@ def deterministic(seed: int = 1) -> Iterator[None]:
         clock[0] += 1000
         return clock[0]
 
-    saved_os, saved_ns = btree_tree.os, time.time_ns
-    btree_tree.os = _Os()
+    saved_os, saved_ns = btree_cache.os, time.time_ns
+    btree_cache.os = _Os()
     time.time_ns = fake_ns
     try:
         yield
     finally:
-        btree_tree.os = saved_os
+        btree_cache.os = saved_os
         time.time_ns = saved_ns
 
 
@@ -140,7 +140,7 @@ def edit(dev, fn: Callable[[Engine], None]) -> None:
     """Mount, run fn(eng) with the triggers off, unmount cleanly."""
     eng = Engine(dev)
     eng.alloc.state.flush_cache()
-    with eng.triggers_off():
+    with eng.committer.triggers_off():
         fn(eng)
     eng.close()
 

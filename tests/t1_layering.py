@@ -7,9 +7,11 @@ Data flows one way: a module imports only what stands below it,
         -> device
 
 btree, journal and alloc are siblings and import none of each other (the
-engine wires them). And no module re-exports: a name is imported from the
-module that defines it (a package's __init__ may gather its own submodules'
-names: that is the package's interface).
+engine wires them). Inside btree/ the same holds module by module (INNER):
+BtreeSet (tree) is composed of mixins that call each other only through
+self, so their imports still go one way. And no module re-exports: a name
+is imported from the module that defines it (a package's __init__ may
+gather its own submodules' names: that is the package's interface).
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ LAYERS = {
 }
 TOOLS = 8           # everything else: cli, mount, mkfs, resize, fsck, inspect, tools, ...
 SIBLINGS = {"btree", "journal", "alloc"}
+# Rank of each module inside a part: a module imports only lower ones.
+INNER = {
+    "btree": {
+        "node": 0, "io": 0,                         # one node in memory / on disk
+        "node_scan": 1, "cache": 1, "lookup": 1,
+        "update": 2, "interior": 2, "write": 2,     # BtreeSet's mixins
+        "tree": 3,                                  # BtreeSet
+    },
+}
 
 
 def modules() -> dict[str, Path]:
@@ -126,3 +137,24 @@ def test_the_layers_cover_the_package():
     tools = parts - set(LAYERS)
     assert {"cli", "mount", "fsck"} <= tools
     assert not tools & {"btree", "journal", "alloc", "fs", "engine"}
+
+
+def test_every_import_inside_a_part_goes_down():
+    """Within a part listed in INNER, every module has a rank (a new module
+    must be given one) and imports only modules of a lower rank."""
+    mods = modules()
+    bad = []
+    for p, ranks in INNER.items():
+        for mod, path in mods.items():
+            bits = mod.split(".")
+            if part(mod) != p or len(bits) < 3:
+                continue                    # another part, or the package's __init__
+            me = ranks.get(bits[2])
+            if me is None:
+                bad.append(f"{path.relative_to(PKG.parent)}: {mod} has no rank in INNER[{p!r}]")
+                continue
+            for target, _names, line in imports(mod, path):
+                tbits = target.split(".")
+                if part(target) == p and len(tbits) > 2 and ranks.get(tbits[2], me) >= me:
+                    bad.append(f"{path.relative_to(PKG.parent)}:{line}: {mod} imports {target}")
+    assert not bad, "imports against the order inside a part:\n" + "\n".join(bad)

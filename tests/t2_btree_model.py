@@ -22,8 +22,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from pyfs.btree.lookup import key_after, key_before
 from pyfs.btree.node import ENTRY_OVERHEAD, Node
-from pyfs.btree.tree import BtreeSet, key_after, key_before
+from pyfs.btree.tree import BtreeSet
 from pyfs.device import MemDevice
 from pyfs.engine import Engine
 from pyfs.format import BTREE_ID_NR, MAX_KEY, ZERO_KEY, KeyType, pack_key, unpack_btree_ptr

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pyfs.device import MemDevice
-from pyfs.engine import Engine, EngineFailed
+from pyfs.engine import Engine
 from pyfs.format import BtreeId, KeyType, pack_key
 from pyfs.mkfs import format_device
+from pyfs.trans import EngineFailed
 
 RAW = bytes([KeyType.raw])
 
@@ -49,7 +50,7 @@ def test_failure_mid_commit_saves_what_was_committed_then_stops_writes():
 
     def boom(*_a):
         raise RuntimeError("injected trigger failure")
-    eng.add_trigger(BtreeId.dirents, boom)
+    eng.committer.add_trigger(BtreeId.dirents, boom)
     t = eng.trans()
     t.set(BtreeId.inodes, pack_key(3, 0), RAW + b"partial")
     t.set(BtreeId.dirents, pack_key(3, 1), RAW + b"partial")

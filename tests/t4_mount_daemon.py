@@ -21,7 +21,7 @@ import trio
 from conftest import FsEnv, Mount, pyfs_cli, require_fuse
 
 from pyfs import cli
-from pyfs.btree.tree import BtreeError
+from pyfs.btree.cache import BtreeError
 from pyfs.device import MemDevice
 from pyfs.format import SbState
 from pyfs.fs import FSError
@@ -394,7 +394,7 @@ def test_errors_continue_keeps_writing_unless_a_commit_broke(monkeypatch):
         assert st["errors_seen"] == 1 and "injected" in st["last_error"]
         assert not st["read_only"] and st["errors"] == "continue"
         # A commit that fails part way stops the engine: read-only even so.
-        monkeypatch.setattr(env.eng, "_apply", broken)
+        monkeypatch.setattr(env.eng.committer, "_apply", broken)
         with pytest.raises(pyfuse3.FUSEError):
             await ops.mkdir(1, b"e", 0o755, Ctx())
         assert ops.failed is not None and env.fs.read_only

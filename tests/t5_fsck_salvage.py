@@ -16,7 +16,7 @@ import random
 import pytest
 from craft import MiB, deterministic, mount, new_image, nodes, rewrite_node
 
-from pyfs.btree.tree import BtreeError
+from pyfs.btree.cache import BtreeError
 from pyfs.engine import Engine
 from pyfs.format import BtreeId, pack_btree_ptr, unpack_btree_ptr
 from pyfs.fs import Filesystem

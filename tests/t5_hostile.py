@@ -43,8 +43,8 @@ from craft import (
     rewrite_node,
 )
 
+from pyfs.btree.cache import BtreeError
 from pyfs.btree.io import parse_node
-from pyfs.btree.tree import BtreeError
 from pyfs.device import DeviceError, MemDevice
 from pyfs.engine import Engine
 from pyfs.format import (

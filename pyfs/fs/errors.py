@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno
 import os
 
-from ..btree.tree import BtreeError
-from ..engine import EngineFailed
+from ..btree.cache import BtreeError
 from ..format import FormatError
+from ..trans import EngineFailed
 
 
 class FSError(OSError):

@@ -181,12 +181,12 @@ def region_ok(ctx: Ctx, e: Extent, cache: dict | None = None) -> bool:
 
 
 def _drop_extent(ctx: Ctx, k: bytes) -> None:
-    with ctx.eng.triggers_off():
+    with ctx.eng.committer.triggers_off():
         apply(ctx.eng, [(EXT, k, None)])
 
 
 def _set_extent(ctx: Ctx, k: bytes, e: Extent) -> None:
-    with ctx.eng.triggers_off():
+    with ctx.eng.committer.triggers_off():
         apply(ctx.eng, [(EXT, k, e.pack())])
 
 

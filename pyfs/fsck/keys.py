@@ -61,7 +61,7 @@ def valid_inum(n: int) -> bool:
 
 
 def pass3(ctx: Ctx) -> None:
-    with ctx.eng.triggers_off():
+    with ctx.eng.committer.triggers_off():
         for bid in CHECKED:
             _check_btree(ctx, bid)
 

@@ -2,7 +2,7 @@
 
 Every change goes through the engine's transactions, so it is journaled and
 atomic like any other update. Before the alloc pass has made the allocation
-info trustworthy, changes run with the extents trigger off (Engine.triggers_off) and
+info trustworthy, changes run with the extents trigger off (Committer.triggers_off) and
 the alloc pass recounts afterwards; from then on the triggers keep alloc keys
 and backpointers right, exactly as in normal operation.
 """

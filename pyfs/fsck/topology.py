@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..btree.io import parse_node, round_up
+from ..btree.lookup import key_before
 from ..btree.node_scan import newest_cover, node_slots, scan_nodes
-from ..btree.tree import BtreeSet, key_before
+from ..btree.tree import BtreeSet
 from ..format import (
     BLOCK_SIZE,
     BTREE_ID_NR,
