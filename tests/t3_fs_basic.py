@@ -272,8 +272,8 @@ def test_unlinked_file_without_open_goes_at_once_its_number_at_forget(fsenv, mon
     fs.write(a.st_ino, 0, b"z" * 10000)
     fs.setxattr(a.st_ino, b"user.x", b"1")
     commits = []
-    commit = fs.eng.commit
-    monkeypatch.setattr(fs.eng, "commit", lambda t: commits.append(t) or commit(t))
+    commit = fs.eng.committer.commit
+    monkeypatch.setattr(fs.eng.committer, "commit", lambda t: commits.append(t) or commit(t))
     fs.unlink(d.st_ino, b"a")
     assert len(commits) == 1                    # name, inode, data, xattr: one transaction
     monkeypatch.undo()
