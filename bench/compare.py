@@ -96,6 +96,8 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
     Workload("fdatasync", "4 KiB pwrite+fdatasync", wl.fdatasync_lat,
              (Metric("p50_us", "pwrite+fdatasync p50", "us", False, 1.0),
               Metric("p99_us", "pwrite+fdatasync p99", "us", False, 1.0))),
+    Workload("appends", "4-byte appends to one open file", wl.appends,
+             (Metric("appends_per_s", "4-byte appends", "1/s", True, 1.0),)),
     Workload("meta_fsync", "metadata ops while another process fsyncs", wl.meta_lat,
              (Metric("create_p99_us", "create p99 (fsync load)", "us", False, 1.0),
               Metric("stat_p99_us", "stat p99 (fsync load)", "us", False, 1.0),

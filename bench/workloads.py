@@ -14,6 +14,7 @@ Worker modes (run by the workloads below, not meant for people):
 
     python bench/workloads.py tree-create DIR FILES DIRS BYTES
     python bench/workloads.py fdatasync-lat FILE ITERATIONS
+    python bench/workloads.py appends FILE COUNT
     python bench/workloads.py meta-lat DIR OPS
     python bench/workloads.py fsync-loop FILE
     python bench/workloads.py getxattr-lat FILE OPS CPU     (bench/requests.py; CPU -1: any)
@@ -664,13 +665,14 @@ class Scale:
     tree_file_bytes: int = 1024
     seq_mib: int = 256
     lat_iters: int = 1000           # pwrite+fdatasync iterations
+    appends: int = 20_000           # 4-byte appends to one open file
     meta_ops: int = 2000            # files created, stat'ed and unlinked
     timeout: float = 900.0          # per step
 
     @classmethod
     def quick(cls) -> Scale:
         return cls(fsmark_files=200, fsmark_files_nosync=200, tree_files=1000, tree_dirs=4,
-                   seq_mib=16, lat_iters=100, meta_ops=200, timeout=300.0)
+                   seq_mib=16, lat_iters=100, appends=2000, meta_ops=200, timeout=300.0)
 
 
 _FSMARK_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+(\d+)\s*$", re.M)
@@ -740,6 +742,10 @@ def seq(peer: Peer, scale: Scale) -> dict:
 
 def fdatasync_lat(peer: Peer, scale: Scale) -> dict:
     return worker("fdatasync-lat", peer.mnt / "lat", scale.lat_iters, timeout=scale.timeout)
+
+
+def appends(peer: Peer, scale: Scale) -> dict:
+    return worker("appends", peer.mnt / "log", scale.appends, timeout=scale.timeout)
 
 
 def meta_lat(peer: Peer, scale: Scale) -> dict:
@@ -820,6 +826,24 @@ def _meta_ops(top: str, n: int) -> dict[str, list[float]]:
         lat["unlink"].append((clock() - t0) / 1000)
     os.rmdir(top)
     return lat
+
+
+def _w_appends(path: str, count: int) -> dict:
+    """A log writer: open once, append 4 bytes per write(2), close; then read
+    the file back cold to check it."""
+    rec = b"abc\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(count):
+            os.write(fd, rec)
+        dt = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+    if os.path.getsize(path) != count * len(rec):
+        raise BenchError(f"appends: {path} has {os.path.getsize(path)} bytes, "
+                         f"want {count * len(rec)}")
+    return {"appends_per_s": count / dt, "count": count}
 
 
 def _w_meta_lat(top: str, n: int) -> dict:
@@ -954,6 +978,8 @@ def _worker_main(argv: list[str]) -> int:
         res = _w_fdatasync_lat(args[0], int(args[1]))
     elif mode == "meta-lat":
         res = _w_meta_lat(args[0], int(args[1]))
+    elif mode == "appends":
+        res = _w_appends(args[0], int(args[1]))
     elif mode == "getxattr-lat":
         res = _w_getxattr_lat(args[0], int(args[1]), int(args[2]))
     elif mode == "fsmark-steps":
