@@ -13,10 +13,11 @@ the structure and link count passes.
 from __future__ import annotations
 
 import stat
+import struct
 from collections.abc import Iterator
 
 from ..alloc.foreground import Watermark
-from ..format import Dirent, Xattr, pack_key, unpack_key
+from ..format import Dirent, KeyType, Xattr, pack_key, unpack_key
 from ..fs import dir as hashtab
 from ..fs.inode import ROOT_INUM, dtype_of
 from .context import Ctx
@@ -32,6 +33,8 @@ from .repair import (
     show,
     unique_name,
 )
+
+MAX_U64 = (1 << 64) - 1
 
 
 class Tx:
@@ -79,14 +82,86 @@ def by_owner(ctx: Ctx, bid: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]
 
 
 def pass8(ctx: Ctx) -> None:
-    for owner, entries in by_owner(ctx, DIRENTS):
-        if owner not in ctx.model.inodes:
-            _recreate_dir(ctx, owner, entries)
+    # Directories are recreated before any entry is checked, so that entries
+    # naming them are not dangling: a first walk reads only the owners.
+    for owner in _missing_owners(ctx):
+        entries = [(unpack_key(k)[1], v) for k, v in ctx.items(
+            DIRENTS, pack_key(owner, 0), pack_key(owner, MAX_U64))]
+        _recreate_dir(ctx, owner, entries)
     n = 0
     for owner, entries in by_owner(ctx, DIRENTS):
         n += len(entries)
         ctx.rep.progress("directory entries", n, 0)
-        _directory(ctx, owner, entries)
+        if not _plain_directory(ctx, owner, entries):
+            _directory(ctx, owner, entries)
+
+
+def _missing_owners(ctx: Ctx) -> list[int]:
+    """Owners of directory entries that have no inode."""
+    inodes = ctx.model.inodes
+    out = []
+    prev = None
+    for k, _v in ctx.items(DIRENTS):
+        if k[:8] != prev:       # keys are big-endian: the owner is the first 8 bytes
+            prev = k[:8]
+            owner = unpack_key(k)[0]
+            if owner not in inodes:
+                out.append(owner)
+    return out
+
+
+_DIRENT_HEAD = struct.Struct("<QBQ").unpack_from    # inum, d_type, hash at byte 1
+_S_IFMT = 0o170000
+
+
+def _plain_directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> bool:
+    """The common case, decided cheaply: owner is a directory and every live entry
+    is found by lookup where it is, names an existing inode other than the root
+    with its d_type, and has a name of its own. Then the entries are counted into
+    the model and True returned; else nothing is done (_directory decides)."""
+    rec = ctx.model.inodes.get(owner)
+    if rec is None or rec.mode & _S_IFMT != stat.S_IFDIR:
+        return False
+    inodes = ctx.model.inodes
+    seed = ctx.seed
+    names: set[bytes] = set()
+    live: list[tuple[int, bytes, int, int]] = []
+    run_start = prev = -2
+    for slot, v in entries:
+        if slot != prev + 1:
+            run_start = slot
+        prev = slot
+        if len(v) < Dirent.SIZE or v[0] != KeyType.dirent:
+            return False
+        inum, d_type, h = _DIRENT_HEAD(v, 1)
+        if not inum:
+            continue                # a tombstone
+        name = v[Dirent.SIZE:]
+        target = inodes.get(inum)
+        if (target is None or inum == ROOT_INUM or name in names
+                or not run_start <= h <= slot or h != hashtab.name_hash(seed, name)):
+            return False
+        fmt = target.mode & _S_IFMT
+        if d_type != fmt >> 12:     # dtype_of
+            return False
+        names.add(name)
+        live.append((slot, name, inum, fmt))
+    _count_plain(ctx, owner, live)
+    return True
+
+
+def _count_plain(ctx: Ctx, owner: int, live: list[tuple[int, bytes, int, int]]) -> None:
+    """count_entry for each entry; a file's (most of them) inline."""
+    refs = ctx.model.refs
+    files = 0
+    for slot, name, inum, fmt in live:
+        if fmt == stat.S_IFDIR or owner == ROOT_INUM:
+            count_entry(ctx, owner, slot, name, inum)
+        else:
+            refs[inum] += 1
+            files += 1
+    if files:
+        ctx.model.entries[owner] += files
 
 
 def _directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:
