@@ -125,7 +125,9 @@ def _plain_directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> 
     inodes = ctx.model.inodes
     seed = ctx.seed
     names: set[bytes] = set()
-    live: list[tuple[int, bytes, int, int]] = []
+    files: list[int] = []                           # targets counted inline
+    others: list[tuple[int, bytes, int]] = []       # through count_entry
+    root = owner == ROOT_INUM
     run_start = prev = -2
     for slot, v in entries:
         if slot != prev + 1:
@@ -145,23 +147,25 @@ def _plain_directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> 
         if d_type != fmt >> 12:     # dtype_of
             return False
         names.add(name)
-        live.append((slot, name, inum, fmt))
-    _count_plain(ctx, owner, live)
+        if fmt == stat.S_IFDIR or root:
+            others.append((slot, name, inum))
+        else:
+            files.append(inum)
+    _count_plain(ctx, owner, files, others)
     return True
 
 
-def _count_plain(ctx: Ctx, owner: int, live: list[tuple[int, bytes, int, int]]) -> None:
-    """count_entry for each entry; a file's (most of them) inline."""
+def _count_plain(ctx: Ctx, owner: int, files: list[int],
+                 others: list[tuple[int, bytes, int]]) -> None:
+    """What count_entry does for each entry: for a file in a directory other
+    than the root (most entries) only its reference and the owner's entry count."""
     refs = ctx.model.refs
-    files = 0
-    for slot, name, inum, fmt in live:
-        if fmt == stat.S_IFDIR or owner == ROOT_INUM:
-            count_entry(ctx, owner, slot, name, inum)
-        else:
-            refs[inum] += 1
-            files += 1
+    for inum in files:
+        refs[inum] += 1
     if files:
-        ctx.model.entries[owner] += files
+        ctx.model.entries[owner] += len(files)
+    for slot, name, inum in others:
+        count_entry(ctx, owner, slot, name, inum)
 
 
 def _directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:
