@@ -105,6 +105,15 @@ class Ctx:
             return it
         return ((k, v) for k, v in it if (bid, k) not in bad)
 
+    def leaves(self, bid: int, lo: bytes = ZERO_KEY, hi: bytes = MAX_KEY):
+        """items() a leaf at a time: (keys, values) lists."""
+        bad = self.bad_keys
+        for keys, vals in self.eng.btrees.leaves(bid, lo, hi):
+            if bad:
+                pairs = [(k, v) for k, v in zip(keys, vals) if (bid, k) not in bad]
+                keys, vals = [k for k, _v in pairs], [v for _k, v in pairs]
+            yield keys, vals
+
     def path(self, inum: int) -> str:
         """A directory's path from the root, when its entries are known ("?" where not)."""
         m = self.model

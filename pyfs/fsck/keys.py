@@ -10,6 +10,7 @@ backpointer passes recount after this one.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left
 
 from ..alloc.foreground import Watermark
 from ..format import (
@@ -55,7 +56,7 @@ CHECKED = (BtreeId.inodes, BtreeId.dirents, BtreeId.extents, BtreeId.xattrs, Btr
            BtreeId.backpointers)
 
 
-NO_INUM = bytes(8)      # key hi 0 in the inodes btree: fs info and orphans, not inodes
+FIRST_INODE_KEY = pack_key(1, 0)    # inodes btree: below it the fs info and orphans
 
 
 def valid_inum(n: int) -> bool:
@@ -75,43 +76,54 @@ def _check_btree(ctx: Ctx, bid: int) -> None:
     # Hoisted out of the per-key loop: its cost is the fsck's cost per file.
     bname = BtreeId(bid).name
     label = f"{bname} keys"
-    exp = EXPECTED_TYPE.get(bid)
-    is_inodes = bid == BtreeId.inodes
-    inode_types = (KeyType.inode, KeyType.raw)
+    ok_types = _allowed_types(bid)
     progress = ctx.rep.progress
     n = inode_keys = 0
-    for k, v in ctx.bt.iter(bid):
-        n += 1
-        if not n & 4095:
+    for keys, vals in ctx.bt.leaves(bid):
+        before, n = n, n + len(keys)
+        if n >> 12 != before >> 12:
             progress(label, n, 0)
-        if is_inodes:
-            if k[:8] != NO_INUM:
-                inode_keys += 1     # what the fs info's inode count should say
-            type_ok = v[0] in inode_types
-        else:
-            type_ok = exp is None or v[0] == exp
-        if not type_ok:
-            drops.append((Err.key_wrong_type, f"{bname} key {key_to_text(k)}: value of type "
-                          f"{_type_name(v[0])} in the {bname} btree", k, _tombstone(bid, k)))
-            continue
-        res = check(ctx, k, v)
-        if res is None:
-            continue
-        err, why, action = res
-        msg = f"{bname} key {key_to_text(k)}: {why}"
-        if action == "rename":
-            renames.append((err, msg, k, v))
-        elif action == "fsinfo":
-            ctx.rep.problem(err, msg, lambda: setattr(ctx.model, "fs_info_rewrite", True))
-            ctx.bad_keys.add((bid, k))
-        else:
-            drops.append((err, msg, k, action))
+        if bid == BtreeId.inodes:
+            # what the fs info's inode count should say: keys of inodes sort
+            # after those of the fs info and orphans (inode number 0)
+            inode_keys += len(keys) - bisect_left(keys, FIRST_INODE_KEY)
+        for k, v in zip(keys, vals):
+            if ok_types is not None and v[0] not in ok_types:
+                drops.append((Err.key_wrong_type, f"{bname} key {key_to_text(k)}: value of "
+                              f"type {_type_name(v[0])} in the {bname} btree", k,
+                              _tombstone(bid, k)))
+                continue
+            res = check(ctx, k, v)
+            if res is not None:
+                _found(ctx, bid, f"{bname} key {key_to_text(k)}", k, v, res, drops, renames)
     ctx.model.inode_keys += inode_keys
     for err, msg, k, val in drops:
         if not ctx.rep.problem(err, msg, lambda k=k, val=val: apply(ctx.eng, [(bid, k, val)])):
             ctx.bad_keys.add((bid, k))
     for err, msg, k, v in renames:
         ctx.rep.problem(err, msg, lambda k=k, v=v: _rename_dirent(ctx, k, v))
+
+
+def _allowed_types(bid: int) -> tuple[int, ...] | None:
+    """The value types a btree may hold (None: any)."""
+    if bid == BtreeId.inodes:
+        return (KeyType.inode, KeyType.raw)
+    exp = EXPECTED_TYPE.get(bid)
+    return None if exp is None else (exp,)
+
+
+def _found(ctx: Ctx, bid: int, where: str, k: bytes, v: bytes, res: tuple,
+           drops: list, renames: list) -> None:
+    """A key its checker objected to: to rename, to rewrite (fs info), to drop or replace."""
+    err, why, action = res
+    msg = f"{where}: {why}"
+    if action == "rename":
+        renames.append((err, msg, k, v))
+    elif action == "fsinfo":
+        ctx.rep.problem(err, msg, lambda: setattr(ctx.model, "fs_info_rewrite", True))
+        ctx.bad_keys.add((bid, k))
+    else:
+        drops.append((err, msg, k, action))
 
 
 def _type_name(t: int) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import stat
 import struct
+from bisect import bisect_left
 from collections.abc import Iterator
 
 from ..alloc.foreground import Watermark
@@ -63,18 +64,37 @@ class Tx:
         self.ops = 0
 
 
-def by_owner(ctx: Ctx, bid: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+def owner_runs(ctx: Ctx, bid: int) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """(owner, keys, values) of each owner in key order. Keys are big-endian with
+    the owner in their first 8 bytes: a bisect per owner cuts the leaves."""
     owner = None
-    buf: list[tuple[int, bytes]] = []
-    for k, v in ctx.items(bid):
-        o, slot = unpack_key(k)
-        if o != owner:
-            if owner is not None:
-                yield owner, buf
-            owner, buf = o, []
-        buf.append((slot, v))
+    ks: list[bytes] = []
+    vs: list[bytes] = []
+    for keys, vals in ctx.leaves(bid):
+        i, n = 0, len(keys)
+        while i < n:
+            o = unpack_key(keys[i])[0]
+            j = n if o == MAX_U64 else bisect_left(keys, pack_key(o + 1, 0), i)
+            if o == owner:                  # continued from the previous leaf
+                ks += keys[i:j]
+                vs += vals[i:j]
+            else:
+                if owner is not None:
+                    yield owner, ks, vs
+                owner, ks, vs = o, keys[i:j], vals[i:j]
+            i = j
     if owner is not None:
-        yield owner, buf
+        yield owner, ks, vs
+
+
+def slots(keys: list[bytes], vals: list[bytes]) -> list[tuple[int, bytes]]:
+    """An owner's (slot, value) pairs."""
+    return [(unpack_key(k)[1], v) for k, v in zip(keys, vals)]
+
+
+def by_owner(ctx: Ctx, bid: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+    for owner, keys, vals in owner_runs(ctx, bid):
+        yield owner, slots(keys, vals)
 
 
 # --------------------------------------------------------------------------
@@ -83,38 +103,34 @@ def by_owner(ctx: Ctx, bid: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]
 
 def pass8(ctx: Ctx) -> None:
     # Directories are recreated before any entry is checked, so that entries
-    # naming them are not dangling: a first walk reads only the owners.
-    for owner in _missing_owners(ctx):
-        entries = [(unpack_key(k)[1], v) for k, v in ctx.items(
-            DIRENTS, pack_key(owner, 0), pack_key(owner, MAX_U64))]
+    # naming them are not dangling.
+    inodes = ctx.model.inodes
+    missing = [o for o, _k, _v in owner_runs(ctx, DIRENTS) if o not in inodes]
+    for owner in missing:
+        entries = slots(*_owned(ctx, owner))
         _recreate_dir(ctx, owner, entries)
     n = 0
-    for owner, entries in by_owner(ctx, DIRENTS):
-        n += len(entries)
+    for owner, keys, vals in owner_runs(ctx, DIRENTS):
+        n += len(keys)
         ctx.rep.progress("directory entries", n, 0)
-        if not _plain_directory(ctx, owner, entries):
-            _directory(ctx, owner, entries)
+        if not _plain_directory(ctx, owner, keys, vals):
+            _directory(ctx, owner, slots(keys, vals))
 
 
-def _missing_owners(ctx: Ctx) -> list[int]:
-    """Owners of directory entries that have no inode."""
-    inodes = ctx.model.inodes
-    out = []
-    prev = None
-    for k, _v in ctx.items(DIRENTS):
-        if k[:8] != prev:       # keys are big-endian: the owner is the first 8 bytes
-            prev = k[:8]
-            owner = unpack_key(k)[0]
-            if owner not in inodes:
-                out.append(owner)
-    return out
+def _owned(ctx: Ctx, owner: int) -> tuple[list[bytes], list[bytes]]:
+    keys: list[bytes] = []
+    vals: list[bytes] = []
+    for ks, vs in ctx.leaves(DIRENTS, pack_key(owner, 0), pack_key(owner, MAX_U64)):
+        keys += ks
+        vals += vs
+    return keys, vals
 
 
 _DIRENT_HEAD = struct.Struct("<QBQ").unpack_from    # inum, d_type, hash at byte 1
 _S_IFMT = 0o170000
 
 
-def _plain_directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> bool:
+def _plain_directory(ctx: Ctx, owner: int, keys: list[bytes], vals: list[bytes]) -> bool:
     """The common case, decided cheaply: owner is a directory and every live entry
     is found by lookup where it is, names an existing inode other than the root
     with its d_type, and has a name of its own. Then the entries are counted into
@@ -129,7 +145,8 @@ def _plain_directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> 
     others: list[tuple[int, bytes, int]] = []       # through count_entry
     root = owner == ROOT_INUM
     run_start = prev = -2
-    for slot, v in entries:
+    for k, v in zip(keys, vals):
+        slot = unpack_key(k)[1]
         if slot != prev + 1:
             run_start = slot
         prev = slot

@@ -71,29 +71,42 @@ def pass6(ctx: Ctx) -> None:
     progress = ctx.rep.progress
     maxg = m.maxg
     n = 0
-    for k, v in ctx.items(INO):
-        hi, lo = unpack_key(k)
-        if hi == 0:
-            if lo == 0:
-                m.gen_limit, m.ninodes = unpack_fs_info(v)
-            else:
-                m.orphans[lo] = v[1:2]
-            continue
-        n += 1
-        if not n & 4095:
+    for keys, vals in ctx.leaves(INO):
+        before, n = n, n + len(keys)
+        if n >> 12 != before >> 12:
             progress("inodes", n, 0)
-        rec = _plain_inode(hi, v)
-        if rec is None:
-            m.maxg = maxg
-            ino = _check_inode(ctx, hi, Inode.unpack(v))
-            maxg = m.maxg
-            if ino is None:
+        for k, v in zip(keys, vals):
+            hi, lo = unpack_key(k)
+            if hi == 0:
+                _special(m, lo, v)
                 continue
-            rec = Rec(ino.mode, ino.nlink, ino.size, ino.blocks, ino.parent, ino.generation)
-        inodes[hi] = rec
-        if rec.gen > maxg:
-            maxg = rec.gen
+            rec = _plain_inode(hi, v)
+            if rec is None:
+                m.maxg = maxg
+                rec = _checked_inode(ctx, hi, v)
+                maxg = m.maxg
+                if rec is None:
+                    continue
+            inodes[hi] = rec
+            if rec.gen > maxg:
+                maxg = rec.gen
     m.maxg = maxg
+
+
+def _special(m, lo: int, v: bytes) -> None:
+    """The fs info record (key 0:0) or an orphan entry (0:inum)."""
+    if lo == 0:
+        m.gen_limit, m.ninodes = unpack_fs_info(v)
+    else:
+        m.orphans[lo] = v[1:2]
+
+
+def _checked_inode(ctx: Ctx, inum: int, v: bytes) -> Rec | None:
+    """The full check of an inode; its record as it now is (None: deleted)."""
+    ino = _check_inode(ctx, inum, Inode.unpack(v))
+    if ino is None:
+        return None
+    return Rec(ino.mode, ino.nlink, ino.size, ino.blocks, ino.parent, ino.generation)
 
 
 def _plain_inode(inum: int, v: bytes) -> Rec | None:
