@@ -130,9 +130,12 @@ def pass11(ctx: Ctx) -> None:
             ctx.rep.problem(Err.dir_unreachable, f"directory {top}: not reachable from the "
                             f"root; reattached in lost+found", lambda t=top: reattach(ctx, t))
         _walk(ctx, [top], reach)
-    for inum in sorted(m.inodes):
+    # Inodes no entry names (set operations, not a step per inode): a repair
+    # below changes only the references of the inode it is about.
+    unnamed = m.inodes.keys() - {i for i, c in m.refs.items() if c}
+    for inum in sorted(unnamed):
         r = m.inodes[inum]
-        if r.mode & 0o170000 == stat.S_IFDIR or m.refs.get(inum) or pending_delete(ctx, inum):
+        if stat.S_ISDIR(r.mode) or pending_delete(ctx, inum):
             continue
         empty = (not r.size and inum not in m.with_extents and inum not in m.with_xattrs
                  and not stat.S_ISLNK(r.mode))
