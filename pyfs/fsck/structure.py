@@ -130,9 +130,10 @@ def pass11(ctx: Ctx) -> None:
             ctx.rep.problem(Err.dir_unreachable, f"directory {top}: not reachable from the "
                             f"root; reattached in lost+found", lambda t=top: reattach(ctx, t))
         _walk(ctx, [top], reach)
-    # Inodes no entry names (set operations, not a step per inode): a repair
-    # below changes only the references of the inode it is about.
-    unnamed = m.inodes.keys() - {i for i, c in m.refs.items() if c}
+    # Inodes no entry names, listed first (one cheap test per inode, no set of
+    # a million): a repair below changes only the references of its own inode.
+    refs = m.refs
+    unnamed = [i for i in m.inodes if not refs.get(i)]
     for inum in sorted(unnamed):
         r = m.inodes[inum]
         if stat.S_ISDIR(r.mode) or pending_delete(ctx, inum):
