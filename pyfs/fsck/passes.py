@@ -31,7 +31,7 @@ from ..fs.inode import (
     unpack_fs_info,
 )
 from .alloc import region_ok
-from .context import Ctx, Rec
+from .context import Ctx, Model, Rec
 from .errors import Err
 from .fsops import create_inode
 from .repair import (
@@ -93,7 +93,7 @@ def pass6(ctx: Ctx) -> None:
     m.maxg = maxg
 
 
-def _special(m, lo: int, v: bytes) -> None:
+def _special(m: Model, lo: int, v: bytes) -> None:
     """The fs info record (key 0:0) or an orphan entry (0:inum)."""
     if lo == 0:
         m.gen_limit, m.ninodes = unpack_fs_info(v)
