@@ -1,7 +1,8 @@
 """Scale: mount time and memory of big images, and after 1,000,000 files.
 
     .venv/bin/python bench/scale.py [--files N] [--sizes 1G,1T,16T] [--quick]
-        [--no-peer] [--no-fsck] [--opts MOUNT_OPTIONS] [--results-dir DIR]
+        [--no-peer] [--no-fsck] [--no-e2fsck] [--opts MOUNT_OPTIONS]
+        [--results-dir DIR]
 
 1. Empty sparse images of 1 GiB, 1 TiB and 16 TiB (16 TiB less 2 MiB when the
    host file system cannot hold a 16 TiB file): mkfs, then `pyfs mount` as a
@@ -15,7 +16,12 @@
    ten minutes and measure nothing new), then the image is mounted as a
    daemon: mount time and RSS; a full walk of the tree (os.scandir and a
    stat of every entry, in a child process) with the daemon's RSS after it
-   and its peak (VmHWM); unmount time; and `pyfs fsck -f -n` of the image.
+   and its peak (VmHWM); unmount time; and `pyfs fsck -f -n` of the image
+   (wall time and peak RSS). Beside it, e2fsck: an ext4 image of the same
+   size holding the same tree (`mkfs.ext4 -d` from a staging copy of the tree
+   on the host, with inodes enough for it) is checked with `e2fsck -f -n`,
+   timed the same way; the report gives both and their ratio. Without
+   mkfs.ext4 or e2fsck (or with --no-e2fsck) its figures are '-'.
 
 3. Mount after a crash with a full journal (`--crash-files`, default 200,000
    files on a 4 GiB image): files are created in-process until the journal
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -65,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="smoke run: 1G and 1T, 2,000 files, no fuse2fs")
     p.add_argument("--no-peer", action="store_true", help="skip fuse2fs")
     p.add_argument("--no-fsck", action="store_true", help="skip fsck of the populated image")
+    p.add_argument("--no-e2fsck", action="store_true",
+                   help="skip e2fsck of an ext4 image with the same tree")
     p.add_argument("--crash-files", type=int, default=200_000,
                    help="files before the crash of part 3 (0: skip)")
     p.add_argument("--opts", default="", help="pyfs mount options, e.g. cache_nodes=128")
@@ -148,6 +157,17 @@ def empty_image(kind: str, label: str, size: int, workdir: Path, opts: str) -> d
         peer.stop()
 
 
+def tree(files: int):
+    """The populated tree: (directory name, its file names), FILES_PER_DIR files
+    per directory under the root (pyfs and its ext4 twin get the same)."""
+    d = 0
+    while files > 0:
+        n = min(FILES_PER_DIR, files)
+        yield b"d%05d" % d, [b"file-%07d" % i for i in range(n)]
+        files -= n
+        d += 1
+
+
 def populate(img: Path, files: int, log) -> dict:
     """files empty files, FILES_PER_DIR per directory, through the Filesystem API."""
     eng = Engine(open_device(str(img)))
@@ -155,10 +175,10 @@ def populate(img: Path, files: int, log) -> dict:
     t0 = time.perf_counter()
     made = 0
     d = 0
-    while made < files:
-        dino = fs.mkdir(1, b"d%05d" % d, 0o755).st_ino
-        for i in range(min(FILES_PER_DIR, files - made)):
-            ino = fs.create(dino, b"file-%07d" % i, 0o644).st_ino
+    for dname, names in tree(files):
+        dino = fs.mkdir(1, dname, 0o755).st_ino
+        for name in names:
+            ino = fs.create(dino, name, 0o644).st_ino
             fs.forget(ino, 1)              # as the kernel would, eventually
             made += 1
         fs.forget(dino, 1)
@@ -172,7 +192,64 @@ def populate(img: Path, files: int, log) -> dict:
     return {"files": made, "dirs": d, "create_s": took, "creates_per_s": made / took}
 
 
-def many_files(files: int, workdir: Path, fsck: bool, opts: str, log) -> dict:
+# Runs a command as its child and reports its wall time and peak RSS. The
+# child's ru_maxrss counts the RSS of the process it was forked from (the
+# kernel keeps the old address space's peak across exec): from this small
+# launcher that is a few MiB, from the bench process it would be its own peak.
+_LAUNCH = """\
+import os, sys, time
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, ru = os.wait4(pid, 0)
+print(f"measured: {time.perf_counter() - t} {ru.ru_maxrss}", file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def measured(cmd: list[str], timeout: float) -> dict:
+    """Exit code, wall time and peak RSS (MiB) of one command."""
+    res = wl.run([sys.executable, "-S", "-c", _LAUNCH, *cmd], timeout=timeout, check=False)
+    line = [r for r in res.stderr.splitlines() if r.startswith("measured: ")][-1]
+    took, kib = line.split()[1:]
+    return {"exit": res.returncode, "s": float(took), "rss_mib": int(kib) / 1024}
+
+
+def ext4_tools() -> bool:
+    return bool(shutil.which("mkfs.ext4") and shutil.which("e2fsck"))
+
+
+def e2fsck_twin(files: int, size: int, workdir: Path, log) -> dict:
+    """e2fsck -f -n of an ext4 image of `size` bytes holding tree(files), made by
+    mkfs.ext4 -d from a staging copy of the tree on the host."""
+    stage, img = workdir / "ext4-tree", workdir / "ext4.img"
+    log(f"ext4 twin: staging {files:,} files, mkfs.ext4 -d ...")
+    try:
+        ndirs = 0
+        for dname, names in tree(files):
+            d = stage / dname.decode()
+            d.mkdir(parents=True)
+            for name in names:
+                os.close(os.open(d / name.decode(), os.O_CREAT | os.O_WRONLY, 0o644))
+            ndirs += 1
+        with open(img, "wb") as f:
+            f.truncate(size)
+        t = time.perf_counter()
+        wl.run(["mkfs.ext4", "-q", "-F", "-N", str(files + ndirs + 1024), "-d", str(stage),
+                str(img)], timeout=max(600.0, files / 200))
+        out = {"ext4_mkfs_s": time.perf_counter() - t}
+        shutil.rmtree(stage)
+        res = measured(["e2fsck", "-f", "-n", str(img)], timeout=max(600.0, files / 100))
+        out.update({"e2fsck_s": res["s"], "e2fsck_rss_mib": res["rss_mib"],
+                    "e2fsck_exit": res["exit"]})
+        return out
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        img.unlink(missing_ok=True)
+
+
+def many_files(files: int, workdir: Path, fsck: bool, e2fsck: bool, opts: str, log) -> dict:
     size = max(4 * GiB, files * 8 * 1024)         # room for the btrees, with slack
     peer = wl.PyfsPeer("pyfs-files", workdir, size, opts)
     try:
@@ -195,14 +272,15 @@ def many_files(files: int, workdir: Path, fsck: bool, opts: str, log) -> dict:
         row["umount_s"] = unmount_s(peer)
         row["image_mib_on_disk"] = os.stat(peer.img).st_blocks / 2048
         if fsck:
-            t = time.perf_counter()
-            res = wl.run([wl.pyfs_command(), "fsck", "-f", "-n", str(peer.img)],
-                         timeout=max(600.0, files / 100), check=False)
-            row["fsck_s"] = time.perf_counter() - t
-            row["fsck_exit"] = res.returncode
-        return row
+            res = measured([wl.pyfs_command(), "fsck", "-f", "-n", str(peer.img)],
+                           timeout=max(600.0, files / 100))
+            row["fsck_s"], row["fsck_rss_mib"] = res["s"], res["rss_mib"]
+            row["fsck_exit"] = res["exit"]
     finally:
         peer.stop()
+    if fsck and e2fsck and ext4_tools():
+        row.update(e2fsck_twin(files, size, workdir, log))
+    return row
 
 
 def crash_mount(files: int, workdir: Path, log) -> dict:
@@ -280,10 +358,11 @@ def report(result: dict) -> str:
                            ("walk_s", "walk (scandir + stat of every file) s"),
                            ("walk_rss_mib", "RSS after the walk MiB"),
                            ("peak_rss_mib", "peak RSS (VmHWM) MiB"),
-                           ("umount_s", "umount s"), ("fsck_s", "fsck -f -n s"),
-                           ("fsck_exit", "fsck exit code")):
+                           ("umount_s", "umount s")):
             if key in m:
                 lines.append(f"  {label:40} {fmt(m[key]):>12}")
+        if "fsck_s" in m:
+            lines += fsck_lines(m)
     c = result.get("crash")
     if c:
         lines += ["", f"Mount after a crash: {c['files']:,} files created, journal of "
@@ -296,6 +375,23 @@ def report(result: dict) -> str:
                            ("clean_mount_s", "engine mount after a clean unmount s")):
             lines.append(f"  {label:40} {fmt(c[key]):>12}")
     return "\n".join(lines)
+
+
+def fsck_lines(m: dict) -> list[str]:
+    """pyfs fsck -f -n beside e2fsck -f -n of the same tree on ext4 ('-': not run)."""
+    def cell(key: str) -> str:
+        return fmt(m[key]) if key in m else "-"
+
+    def ratio(a: str, b: str) -> str:
+        return f"{m[a] / m[b]:.1f}x" if a in m and b in m and m[b] > 0 else "-"
+
+    return [f"  {'check -f -n of the same tree':40} {'pyfs':>12} {'e2fsck':>12} "
+            f"{'pyfs/e2fsck':>12}",
+            f"  {'  wall s':40} {cell('fsck_s'):>12} {cell('e2fsck_s'):>12} "
+            f"{ratio('fsck_s', 'e2fsck_s'):>12}",
+            f"  {'  peak RSS MiB':40} {cell('fsck_rss_mib'):>12} {cell('e2fsck_rss_mib'):>12} "
+            f"{ratio('fsck_rss_mib', 'e2fsck_rss_mib'):>12}",
+            f"  {'  exit code':40} {cell('fsck_exit'):>12} {cell('e2fsck_exit'):>12}"]
 
 
 def targets(images: list[dict]) -> list[dict]:
@@ -330,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{kind} {label}: mkfs, mount, umount ...")
                     result["images"].append(empty_image(kind, label, size, workdir, args.opts))
             if args.files:
-                result["files"] = many_files(args.files, workdir, not args.no_fsck, args.opts, log)
+                result["files"] = many_files(args.files, workdir, not args.no_fsck,
+                                             not args.no_e2fsck, args.opts, log)
             if args.crash_files:
                 result["crash"] = crash_mount(args.crash_files, workdir, log)
         finally:

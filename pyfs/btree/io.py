@@ -53,7 +53,7 @@ def parse_node(buf: bytes, offset: int, durable_seq: int | None = None,
     Raises FormatError if the header is bad. A bad bset after at least one
     good one ends the node (it is a torn or never-durable append)."""
     hdr = NodeHeader.unpack(buf, offset)
-    live: dict[bytes, bytes] = {}
+    bsets: list[tuple[list[bytes], list[bytes]]] = []
     pos = NODE_HDR_SIZE
     nbsets = 0
     max_jseq = 0
@@ -74,11 +74,7 @@ def parse_node(buf: bytes, offset: int, durable_seq: int | None = None,
                 raise
             reason = "torn"
             break
-        for k, v in zip(keys, vals):
-            if v:
-                live[k] = v
-            else:
-                live.pop(k, None)
+        bsets.append((keys, vals))
         nbsets += 1
         max_jseq = max(max_jseq, bh.journal_seq)
         pos = round_up(pos + bh.size)
@@ -89,12 +85,26 @@ def parse_node(buf: bytes, offset: int, durable_seq: int | None = None,
         raise FormatError("btree node: no valid bset", offset)
     stale = any(h is not None and h.node_seq == hdr.node_seq
                 for h in (unpack_bset_header(buf, p) for p in range(written, len(buf), BLOCK_SIZE)))
-    keys = sorted(live)
+    keys, vals = _merge_bsets(bsets)
     for k in keys[:1] + keys[-1:]:
         if not hdr.min_key <= k <= hdr.max_key:
             raise FormatError("btree node: key outside the node's range", offset)
-    return NodeImage(hdr, keys, [live[k] for k in keys], written, nbsets, max_jseq, reason,
-                     stale)
+    return NodeImage(hdr, keys, vals, written, nbsets, max_jseq, reason, stale)
+
+
+def _merge_bsets(bsets: list[tuple[list[bytes], list[bytes]]]
+                 ) -> tuple[list[bytes], list[bytes]]:
+    """The live keys and values of a node's bsets: a later bset's value or
+    whiteout (empty value) wins. One bset (most nodes) is in order already."""
+    if len(bsets) == 1:
+        keys, vals = bsets[0]
+        if b"" not in vals:
+            return keys, vals
+    live: dict[bytes, bytes] = {}
+    for keys, vals in bsets:
+        live.update(zip(keys, vals))
+    ks = sorted(k for k, v in live.items() if v)
+    return ks, [live[k] for k in ks]
 
 
 def encode_first(header: NodeHeader, journal_seq: int, keys: list[bytes],

@@ -75,6 +75,19 @@ class LookupMixin:
                 return
             start = key_after(node.max_key)
 
+    def leaves(self, btree_id: int, start: bytes = ZERO_KEY, end: bytes = MAX_KEY,
+               ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """iter() a leaf at a time: (keys, values) in [start, end], copies made as
+        each leaf is reached. For walks of a whole btree (fsck): no step per key."""
+        if self.roots[btree_id] is None:
+            return
+        while True:
+            node = self.leaf(btree_id, start)
+            yield node.range_lists(start, min(end, node.max_key))
+            if node.max_key >= end:
+                return
+            start = key_after(node.max_key)
+
     def first(self, btree_id: int, start: bytes, end: bytes) -> tuple[bytes, bytes] | None:
         for kv in self.iter(btree_id, start, end):
             return kv

@@ -113,6 +113,15 @@ class Node:
         keys, vals = self.merged_range(start, end)
         return list(zip(keys, vals))
 
+    def range_lists(self, start: bytes, end: bytes) -> tuple[list[bytes], list[bytes]]:
+        """Live keys with start <= key <= end and their values, in order (copies)."""
+        if not self.ok and not self.nk:
+            wk = self.wk
+            i = bisect_left(wk, start)
+            j = bisect_right(wk, end)
+            return wk[i:j], self.wv[i:j]
+        return self.merged_range(start, end)
+
     def merged_range(self, start: bytes, end: bytes) -> tuple[list[bytes], list[bytes]]:
         d: dict[bytes, bytes] = {}
         for keys, vals in ((self.wk, self.wv), (self.ok, self.ov), (self.nk, self.nv)):

@@ -13,10 +13,12 @@ the structure and link count passes.
 from __future__ import annotations
 
 import stat
+import struct
+from bisect import bisect_left
 from collections.abc import Iterator
 
 from ..alloc.foreground import Watermark
-from ..format import Dirent, Xattr, pack_key, unpack_key
+from ..format import Dirent, KeyType, Xattr, pack_key, unpack_key
 from ..fs import dir as hashtab
 from ..fs.inode import ROOT_INUM, dtype_of
 from .context import Ctx
@@ -32,6 +34,8 @@ from .repair import (
     show,
     unique_name,
 )
+
+MAX_U64 = (1 << 64) - 1
 
 
 class Tx:
@@ -60,18 +64,37 @@ class Tx:
         self.ops = 0
 
 
-def by_owner(ctx: Ctx, bid: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+def owner_runs(ctx: Ctx, bid: int) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """(owner, keys, values) of each owner in key order. Keys are big-endian with
+    the owner in their first 8 bytes: a bisect per owner cuts the leaves."""
     owner = None
-    buf: list[tuple[int, bytes]] = []
-    for k, v in ctx.items(bid):
-        o, slot = unpack_key(k)
-        if o != owner:
-            if owner is not None:
-                yield owner, buf
-            owner, buf = o, []
-        buf.append((slot, v))
+    ks: list[bytes] = []
+    vs: list[bytes] = []
+    for keys, vals in ctx.leaves(bid):
+        i, n = 0, len(keys)
+        while i < n:
+            o = unpack_key(keys[i])[0]
+            j = n if o == MAX_U64 else bisect_left(keys, pack_key(o + 1, 0), i)
+            if o == owner:                  # continued from the previous leaf
+                ks += keys[i:j]
+                vs += vals[i:j]
+            else:
+                if owner is not None:
+                    yield owner, ks, vs
+                owner, ks, vs = o, keys[i:j], vals[i:j]
+            i = j
     if owner is not None:
-        yield owner, buf
+        yield owner, ks, vs
+
+
+def slots(keys: list[bytes], vals: list[bytes]) -> list[tuple[int, bytes]]:
+    """An owner's (slot, value) pairs."""
+    return [(unpack_key(k)[1], v) for k, v in zip(keys, vals)]
+
+
+def by_owner(ctx: Ctx, bid: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+    for owner, keys, vals in owner_runs(ctx, bid):
+        yield owner, slots(keys, vals)
 
 
 # --------------------------------------------------------------------------
@@ -79,14 +102,87 @@ def by_owner(ctx: Ctx, bid: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]
 
 
 def pass8(ctx: Ctx) -> None:
-    for owner, entries in by_owner(ctx, DIRENTS):
-        if owner not in ctx.model.inodes:
-            _recreate_dir(ctx, owner, entries)
+    # Directories are recreated before any entry is checked, so that entries
+    # naming them are not dangling.
+    inodes = ctx.model.inodes
+    missing = [o for o, _k, _v in owner_runs(ctx, DIRENTS) if o not in inodes]
+    for owner in missing:
+        entries = slots(*_owned(ctx, owner))
+        _recreate_dir(ctx, owner, entries)
     n = 0
-    for owner, entries in by_owner(ctx, DIRENTS):
-        n += len(entries)
+    for owner, keys, vals in owner_runs(ctx, DIRENTS):
+        n += len(keys)
         ctx.rep.progress("directory entries", n, 0)
-        _directory(ctx, owner, entries)
+        if not _plain_directory(ctx, owner, keys, vals):
+            _directory(ctx, owner, slots(keys, vals))
+
+
+def _owned(ctx: Ctx, owner: int) -> tuple[list[bytes], list[bytes]]:
+    keys: list[bytes] = []
+    vals: list[bytes] = []
+    for ks, vs in ctx.leaves(DIRENTS, pack_key(owner, 0), pack_key(owner, MAX_U64)):
+        keys += ks
+        vals += vs
+    return keys, vals
+
+
+_DIRENT_HEAD = struct.Struct("<QBQ").unpack_from    # inum, d_type, hash at byte 1
+_S_IFMT = 0o170000
+
+
+def _plain_directory(ctx: Ctx, owner: int, keys: list[bytes], vals: list[bytes]) -> bool:
+    """The common case, decided cheaply: owner is a directory and every live entry
+    is found by lookup where it is, names an existing inode other than the root
+    with its d_type, and has a name of its own. Then the entries are counted into
+    the model and True returned; else nothing is done (_directory decides)."""
+    rec = ctx.model.inodes.get(owner)
+    if rec is None or rec.mode & _S_IFMT != stat.S_IFDIR:
+        return False
+    inodes = ctx.model.inodes
+    seed = ctx.seed
+    names: set[bytes] = set()
+    files: list[int] = []                           # targets counted inline
+    others: list[tuple[int, bytes, int]] = []       # through count_entry
+    root = owner == ROOT_INUM
+    run_start = prev = -2
+    for k, v in zip(keys, vals):
+        slot = unpack_key(k)[1]
+        if slot != prev + 1:
+            run_start = slot
+        prev = slot
+        if len(v) < Dirent.SIZE or v[0] != KeyType.dirent:
+            return False
+        inum, d_type, h = _DIRENT_HEAD(v, 1)
+        if not inum:
+            continue                # a tombstone
+        name = v[Dirent.SIZE:]
+        target = inodes.get(inum)
+        if (target is None or inum == ROOT_INUM or name in names
+                or not run_start <= h <= slot or h != hashtab.name_hash(seed, name)):
+            return False
+        fmt = target.mode & _S_IFMT
+        if d_type != fmt >> 12:     # dtype_of
+            return False
+        names.add(name)
+        if fmt == stat.S_IFDIR or root:
+            others.append((slot, name, inum))
+        else:
+            files.append(inum)
+    _count_plain(ctx, owner, files, others)
+    return True
+
+
+def _count_plain(ctx: Ctx, owner: int, files: list[int],
+                 others: list[tuple[int, bytes, int]]) -> None:
+    """What count_entry does for each entry: for a file in a directory other
+    than the root (most entries) only its reference and the owner's entry count."""
+    refs = ctx.model.refs
+    for inum in files:
+        refs[inum] += 1
+    if files:
+        ctx.model.entries[owner] += len(files)
+    for slot, name, inum in others:
+        count_entry(ctx, owner, slot, name, inum)
 
 
 def _directory(ctx: Ctx, owner: int, entries: list[tuple[int, bytes]]) -> None:

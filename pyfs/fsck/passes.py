@@ -17,9 +17,10 @@ finished here, as mount would.
 from __future__ import annotations
 
 import stat
+import struct
 from bisect import bisect_left, bisect_right
 
-from ..format import BLOCK_SIZE, Extent, Inode, checksum, pack_key, unpack_key
+from ..format import BLOCK_SIZE, Extent, Inode, KeyType, checksum, pack_key, unpack_key
 from ..fs.inode import (
     MAX_FILE_SIZE,
     ORPHAN_DELETE,
@@ -30,7 +31,7 @@ from ..fs.inode import (
     unpack_fs_info,
 )
 from .alloc import region_ok
-from .context import Ctx, Rec
+from .context import Ctx, Model, Rec
 from .errors import Err
 from .fsops import create_inode
 from .repair import (
@@ -55,25 +56,77 @@ TYPE_NAMES = {stat.S_IFREG: "regular file", stat.S_IFDIR: "directory",
 # Pass 6
 
 
+# What pass 6 keeps of an inode, read straight from the value (no Inode
+# object): mode, nlink, size, blocks, generation and parent, at byte 1.
+_REC_FIELDS = struct.Struct("<I8xI4xQQ32xQ8xQ").unpack_from
+_S_IFMT = 0o170000
+# Modes whose inode no field check can object to (the common case, decided
+# without decoding): a known type other than a symlink, no stray bits.
+_PLAIN_TYPES = frozenset(t for t in VALID_TYPES if t != stat.S_IFLNK)
+
+
 def pass6(ctx: Ctx) -> None:
     m = ctx.model
+    inodes = m.inodes
+    progress = ctx.rep.progress
+    maxg = m.maxg
     n = 0
-    for k, v in ctx.items(INO):
-        hi, lo = unpack_key(k)
-        if hi == 0:
-            if lo == 0:
-                m.gen_limit, m.ninodes = unpack_fs_info(v)
-            else:
-                m.orphans[lo] = v[1:2]
-            continue
-        n += 1
-        if n % 4096 == 0:
-            ctx.rep.progress("inodes", n, 0)
-        ino = _check_inode(ctx, hi, Inode.unpack(v))
-        if ino is not None:
-            m.inodes[hi] = Rec(ino.mode, ino.nlink, ino.size, ino.blocks, ino.parent,
-                               ino.generation)
-            m.maxg = max(m.maxg, ino.generation)
+    for keys, vals in ctx.leaves(INO):
+        before, n = n, n + len(keys)
+        if n >> 12 != before >> 12:
+            progress("inodes", n, 0)
+        for k, v in zip(keys, vals):
+            hi, lo = unpack_key(k)
+            if hi == 0:
+                _special(m, lo, v)
+                continue
+            rec = _plain_inode(hi, v)
+            if rec is None:
+                m.maxg = maxg
+                rec = _checked_inode(ctx, hi, v)
+                maxg = m.maxg
+                if rec is None:
+                    continue
+            inodes[hi] = rec
+            if rec.gen > maxg:
+                maxg = rec.gen
+    m.maxg = maxg
+
+
+def _special(m: Model, lo: int, v: bytes) -> None:
+    """The fs info record (key 0:0) or an orphan entry (0:inum)."""
+    if lo == 0:
+        m.gen_limit, m.ninodes = unpack_fs_info(v)
+    else:
+        m.orphans[lo] = v[1:2]
+
+
+def _checked_inode(ctx: Ctx, inum: int, v: bytes) -> Rec | None:
+    """The full check of an inode; its record as it now is (None: deleted)."""
+    ino = _check_inode(ctx, inum, Inode.unpack(v))
+    if ino is None:
+        return None
+    return Rec(ino.mode, ino.nlink, ino.size, ino.blocks, ino.parent, ino.generation)
+
+
+def _plain_inode(inum: int, v: bytes) -> Rec | None:
+    """The model's record of an inode _check_inode would pass unchanged, else None
+    (the full check then decodes it): no tail, a known non-symlink type, the
+    root a directory, a size in range (none on special files)."""
+    if len(v) != Inode.SIZE or v[0] != KeyType.inode:
+        return None
+    mode, nlink, size, blocks, gen, parent = _REC_FIELDS(v, 1)
+    fmt = mode & _S_IFMT
+    if fmt not in _PLAIN_TYPES or mode & ~0o177777:
+        return None
+    if fmt == stat.S_IFREG:
+        if size > MAX_FILE_SIZE:
+            return None
+    elif fmt != stat.S_IFDIR and size:      # a special file
+        return None
+    if inum == ROOT_INUM and fmt != stat.S_IFDIR:
+        return None
+    return Rec(mode, nlink, size, blocks, parent, gen)
 
 
 def _check_inode(ctx: Ctx, inum: int, ino: Inode) -> Inode | None:
@@ -158,8 +211,10 @@ def pass7(ctx: Ctx) -> None:
     if cur is not None:
         _file(ctx, cur, buf)
     m = ctx.model
+    with_extents, recompute = m.with_extents, m.size_recompute
     for inum in sorted(m.inodes):
-        if inum not in m.with_extents:
+        # Without extents only i_blocks (and a size to recompute) can be wrong.
+        if inum not in with_extents and (m.inodes[inum].blocks or inum in recompute):
             _size_and_blocks(ctx, inum, [])
     for inum, kind in sorted(m.orphans.items()):
         if kind == ORPHAN_TRUNCATE and inum in m.inodes:

@@ -130,9 +130,13 @@ def pass11(ctx: Ctx) -> None:
             ctx.rep.problem(Err.dir_unreachable, f"directory {top}: not reachable from the "
                             f"root; reattached in lost+found", lambda t=top: reattach(ctx, t))
         _walk(ctx, [top], reach)
-    for inum in sorted(m.inodes):
+    # Inodes no entry names, listed first (one cheap test per inode, no set of
+    # a million): a repair below changes only the references of its own inode.
+    refs = m.refs
+    unnamed = [i for i in m.inodes if not refs.get(i)]
+    for inum in sorted(unnamed):
         r = m.inodes[inum]
-        if stat.S_ISDIR(r.mode) or m.refs.get(inum) or pending_delete(ctx, inum):
+        if stat.S_ISDIR(r.mode) or pending_delete(ctx, inum):
             continue
         empty = (not r.size and inum not in m.with_extents and inum not in m.with_xattrs
                  and not stat.S_ISLNK(r.mode))
@@ -207,16 +211,18 @@ def _delete(ctx: Ctx, inum: int) -> None:
 
 def pass12(ctx: Ctx) -> None:
     m = ctx.model
-    for inum in sorted(m.inodes):
-        if pending_delete(ctx, inum):
+    inodes, orphans, refs_of = m.inodes, m.orphans, m.refs
+    for inum in sorted(inodes):
+        # pending_delete needs an orphan entry: most inodes have none
+        if inum in orphans and pending_delete(ctx, inum):
             ctx.rep.problem(Err.orphan_completed, f"inode {inum}: unlinked, deletion finished",
                             lambda i=inum: _delete(ctx, i))
             continue
-        r = m.inodes[inum]
-        if stat.S_ISDIR(r.mode):
+        r = inodes[inum]
+        if r.mode & 0o170000 == stat.S_IFDIR:
             _dir_counts(ctx, inum)
-        elif m.refs.get(inum) and r.nlink != m.refs[inum]:
-            refs = m.refs[inum]
+        elif refs_of.get(inum) and r.nlink != refs_of[inum]:
+            refs = refs_of[inum]
             ctx.rep.problem(Err.nlink_wrong, f"inode {inum}: link count {r.nlink}, {refs} "
                             f"entries name it", lambda i=inum, n=refs: _set(ctx, i, nlink=n))
     for inum, kind in sorted(m.orphans.items()):
