@@ -121,12 +121,15 @@ class Engine:
         self.journal.seq_limit = self.sb.seq_reserved
         self.journal.on_seq_limit = self.reserve_seqs
 
-    def rewrite_all_nodes(self) -> None:
-        """Move every btree node to a fresh region, so no bset with a
-        blacklisted seq is reachable any more and old ranges can be dropped."""
-        self.btrees.mark_all_for_rewrite(self.journal.cur_seq)
+    def rewrite_stale_nodes(self) -> None:
+        """Move every node that still holds bsets of a blacklisted seq to a
+        fresh region, so that none is reachable any more and the superblock
+        can drop old blacklist ranges."""
+        moved = self.btrees.mark_stale_for_rewrite(self.journal.cur_seq)
         self.sync_all()
-        self.counters["btree_full_rewrites"] = self.counters.get("btree_full_rewrites", 0) + 1
+        c = self.counters
+        c["btree_stale_rewrites"] = c.get("btree_stale_rewrites", 0) + 1
+        c["btree_stale_nodes_moved"] = c.get("btree_stale_nodes_moved", 0) + moved
 
     # ------------------------------------------------------------ transactions
 

@@ -267,7 +267,7 @@ class Recovery:
             return
         blacklist = self.blacklist
         if len(blacklist) > SB_BLACKLIST_MAX:
-            eng.rewrite_all_nodes()
+            eng.rewrite_stale_nodes()
             blacklist[:] = blacklist[-1:]
         sb.blacklist = list(blacklist)
         sb.state = SbState.dirty

@@ -110,11 +110,47 @@ def test_full_rewrite_when_blacklist_overflows():
         t.commit()
         eng.flush()
         eng = Engine(MemDevice(eng.dev.snapshot()))
-        rewrites = max(rewrites, eng.counters.get("btree_full_rewrites", 0))
+        rewrites = max(rewrites, eng.counters.get("btree_stale_rewrites", 0))
         assert len(eng.sb.blacklist) <= 4
     assert rewrites == 1
     for crash in range(6):
         assert eng.btrees.get(BtreeId.inodes, pack_key(crash, 0)) == RAW + b"x"
+
+
+def test_blacklist_overflow_moves_only_nodes_with_stale_bsets():
+    """A stale bset (written, never durable) in a btree nothing touches again
+    stays unreadable after the fifth crash drops its blacklist range: the
+    node holding it moves; the nodes without one stay where they are, so a
+    full filesystem has room for this mount."""
+    dev = MemDevice(32 << 20)
+    format_device(dev, bucket_size=128 << 10, btree_node_size=16 << 10)
+    eng = Engine(dev)
+    t = eng.trans()
+    for i in range(400):                            # several inodes nodes
+        t.set(BtreeId.inodes, pack_key(1000 + i, 0), RAW + bytes(60))
+    t.set(BtreeId.xattrs, pack_key(1, 1), RAW + b"durable")
+    t.commit()
+    eng.sync_all()                                  # nodes written, their roots durable
+    t = eng.trans()
+    t.set(BtreeId.xattrs, pack_key(1, 2), RAW + b"never durable")
+    t.commit()
+    eng.btrees.flush_all()                          # the bset is on disk, the journal entry not
+    moved = []
+    for crash in range(6):
+        eng = Engine(MemDevice(eng.dev.snapshot()))
+        assert eng.btrees.get(BtreeId.xattrs, pack_key(1, 2)) is None
+        moved.append(eng.counters.get("btree_stale_nodes_moved", 0))
+        t = eng.trans()
+        t.set(BtreeId.inodes, pack_key(crash, 0), RAW + b"x")
+        t.commit()
+        eng.flush()
+    nodes = sum(1 for bid in range(len(eng.btrees.roots)) for _ in eng.btrees.walk(bid))
+    assert sum(moved) == 1 < nodes                  # the xattrs leaf, once
+    eng.close()
+    clean = Engine(MemDevice(eng.dev.snapshot()))
+    assert len(clean.sb.blacklist) == 2             # dropped at the fifth crash, one since ...
+    assert clean.btrees.get(BtreeId.xattrs, pack_key(1, 2)) is None     # ... and so is the bset
+    assert clean.btrees.get(BtreeId.xattrs, pack_key(1, 1)) == RAW + b"durable"
 
 
 def test_hostile_journal_value_gives_mount_error():

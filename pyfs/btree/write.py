@@ -130,9 +130,17 @@ class WriteMixin:
             n += 1
         return n
 
-    def mark_all_for_rewrite(self, seq: int) -> None:
-        """Every node is moved to a fresh region at its next write."""
+    def mark_stale_for_rewrite(self, seq: int) -> int:
+        """Every node whose region holds bsets past its valid ones (a crashed
+        session's, which only the blacklist keeps out) is moved to a fresh
+        region at its next write, which seq's pin brings about. Reading a node
+        flags such a tail (parse_node's stale_tail), so this reads every node
+        and moves only those: the space it needs is what crashed sessions
+        touched, not the whole btree. Returns how many."""
+        n = 0
         for bid in range(BTREE_ID_NR):
             for node in list(self.walk(bid)):
-                node.rewrite = True
-                self._pin(node, seq)
+                if node.rewrite:
+                    self._pin(node, seq)
+                    n += 1
+        return n
