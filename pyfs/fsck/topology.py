@@ -131,7 +131,7 @@ class TopologyCheck:
         self.btree_buckets: set[int] = set()
         self.budget = self.max_nodes
         self.root_regions: dict[int, int] = {}
-        self.replaced = self._extents_replay_replaces()
+        self.journal_extents = self._newest_journal_extents()
 
     # ------------------------------------------------------------ entry point
 
@@ -374,7 +374,7 @@ class TopologyCheck:
                 elif v[5] == DataType.btree:
                     self.btree_buckets.add(int.from_bytes(k[8:], "big"))
         elif bid == BtreeId.extents:
-            replaced = self.replaced
+            replaced = self.journal_extents
             for k, v in zip(node.keys, node.vals):
                 if k not in replaced:
                     self._mark_extent(v)
@@ -391,25 +391,21 @@ class TopologyCheck:
             self.result.used[b] = 1
 
     def _newest_journal_extents(self) -> dict[bytes, bytes | None]:
-        """Each extent key's value after replay, as far as the journal decides it."""
+        """Each extent key's value after replay as far as the journal decides it
+        (None: deleted). The node values of these keys are replaced, so their
+        buckets are not in use on the nodes' account: on a full filesystem
+        after an rm storm the journal deletes many extents the nodes still
+        hold, and counting them would leave fsck's mount no room. Values that
+        do not decode are left out: what they would overwrite still counts."""
         newest: dict[bytes, bytes | None] = {}
         for e in self.view.entries:
             for bid, lv, k, v in e.keys:
-                if bid == BtreeId.extents and not lv:
+                if bid == BtreeId.extents and not lv and (not v or _extent_ok(v)):
                     newest[k] = v or None
         return newest
 
-    def _extents_replay_replaces(self) -> set[bytes]:
-        """Extent keys whose node value replay overwrites or deletes: their
-        buckets are not in use on the node's account. On a full filesystem
-        after an rm storm the journal deletes many extents the nodes still
-        hold, and counting them would leave fsck's mount no room. A journal
-        value that does not decode replaces nothing (fsck may skip it)."""
-        return {k for k, v in self._newest_journal_extents().items()
-                if v is None or _extent_ok(v)}
-
     def _journal_extent_buckets(self) -> None:
-        for v in self._newest_journal_extents().values():
+        for v in self.journal_extents.values():
             if v is not None:
                 self._mark_extent(v)
         for e in self.view.entries:
@@ -540,7 +536,7 @@ class TopologyCheck:
             old = sal.get(k)
             if old is None or old[0] <= node.max_seq:
                 sal[k] = (node.max_seq, v)
-            if ts.bid == BtreeId.extents and k not in self.replaced:
+            if ts.bid == BtreeId.extents and k not in self.journal_extents:
                 self._mark_extent(v)
 
 
