@@ -446,12 +446,21 @@ def test_mkfs_unwritable_path(capsys):
     assert rc == 1 and err.startswith("mkfs.pyfs: ") and "/proc/nonexistent" in err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_mkfs_read_only_directory(capsys, tmp_path):
     d = tmp_path / "ro"
     d.mkdir(mode=0o500)
-    rc, _, err = mkfs(capsys, str(d / "x.img"), "--size", "64M")
-    assert rc == 1 and "not writable" in err
+    if os.geteuid() != 0:
+        rc, _, err = mkfs(capsys, str(d / "x.img"), "--size", "64M")
+        assert rc == 1 and "not writable" in err
+        return
+    # Root writes anywhere: run mkfs as root without the capability that lets it.
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE"
+    proc = subprocess.run([setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--",
+                           sys.executable, "-m", "pyfs.cli", "mkfs", str(d / "x.img"),
+                           "--size", "64M"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "not writable" in proc.stderr, proc.stderr
+    assert not (d / "x.img").exists()
 
 
 def test_mkfs_usage_errors_exit_2(capsys, tmp_path):
