@@ -762,6 +762,7 @@ class Record:
     __slots__ = ()
     KEY_TYPE: int
     FIELDS: tuple[str, ...]
+    TABLE: tuple[tuple[str, str], ...]
     STRUCT: struct.Struct
     SIZE: int
 
@@ -824,12 +825,24 @@ def _record(name: str, key_type: int, table: list[tuple[str, str]], size: int) -
                 "_KT": key_type, "_new": object.__new__, "_malformed": _malformed}
     exec(compile(src, f"<record {name}>", "exec"), ns)
     cls = type(name, (Record,), {"__slots__": fields_ + ("tail",), "KEY_TYPE": key_type,
-                                 "FIELDS": fields_, "STRUCT": st, "SIZE": size,
+                                 "FIELDS": fields_, "TABLE": tuple(table), "STRUCT": st,
+                                 "SIZE": size,
                                  "__init__": ns["__init__"], "pack": ns["pack"],
                                  "unpack": classmethod(ns["unpack"]),
                                  "replace": ns["replace"]})
     VALUE_TO_TEXT[key_type] = lambda v, c=cls: c.unpack(v).to_text()
     return cls
+
+
+def field_reader(cls: type[Record], *names: str):
+    """unpack_from for some fields of a record's value (named in table order):
+    one struct call, no object, for checks that run on every key (fsck).
+    Built from the record's table, so it follows any change of layout."""
+    want = set(names)
+    assert tuple(f for f, _ in cls.TABLE if f in want) == names, names
+    codes = "".join(code if f in want else f"{struct.calcsize('<' + code)}x"
+                    for f, code in cls.TABLE)
+    return struct.Struct("<x" + codes).unpack_from
 
 
 # Inode: key (inum, 0). A symlink's target follows the struct as its tail.

@@ -9,7 +9,6 @@ backpointer passes recount after this one.
 
 from __future__ import annotations
 
-import struct
 from bisect import bisect_left
 
 from ..alloc.foreground import Watermark
@@ -25,6 +24,7 @@ from ..format import (
     Inode,
     KeyType,
     Xattr,
+    field_reader,
     key_to_text,
     pack_key,
     unpack_key,
@@ -152,7 +152,7 @@ def _inode(ctx: Ctx, k: bytes, v: bytes):
         return _inode_special(ctx, lo, v)
     if lo != 0:
         return Err.inode_key_bad, f"inode key with low half {lo}", None
-    if not (hi == ROOT_INUM or FIRST_INUM <= hi < INUM_LIMIT):    # valid_inum, inlined
+    if not valid_inum(hi):
         return Err.inode_key_bad, f"inode number {hi} is reserved or too large", None
     if v[0] != KeyType.inode:
         return Err.key_wrong_type, f"value of type {_type_name(v[0])} in the inodes btree", None
@@ -173,24 +173,23 @@ def _inode_special(ctx: Ctx, lo: int, v: bytes):
     return None
 
 
-_dirent_inum = struct.Struct("<Q").unpack_from      # a Dirent's inum, at byte 1
+_dirent_inum = field_reader(Dirent, "inum")
 BAD_NAMES = (b".", b"..")
 
 
 def _dirent(ctx: Ctx, k: bytes, v: bytes):
     owner, slot = unpack_key(k)
-    if not (owner == ROOT_INUM or FIRST_INUM <= owner < INUM_LIMIT) or not (
-            HOME_LO <= slot <= hashtab.MAX_SLOT):
+    if not valid_inum(owner) or not HOME_LO <= slot <= hashtab.MAX_SLOT:
         return Err.dirent_bad, "directory or slot out of range", None
     if len(v) < Dirent.SIZE:
         return Err.dirent_bad, f"value of {len(v)} bytes does not decode", _tombstone(
             BtreeId.dirents, k)
     # Only the target and the name are checked: no full decode.
-    inum = _dirent_inum(v, 1)[0]
+    inum = _dirent_inum(v)[0]
     if inum == 0:
         return None
     name = v[Dirent.SIZE:]
-    if not (inum == ROOT_INUM or FIRST_INUM <= inum < INUM_LIMIT):
+    if not valid_inum(inum):
         return (Err.dirent_bad, f"entry {show(name)}: target inode {inum} is reserved or "
                 f"too large", _tombstone(BtreeId.dirents, k))
     if not name or len(name) > NAME_MAX or b"/" in name or b"\0" in name or name in BAD_NAMES:

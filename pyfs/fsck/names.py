@@ -13,12 +13,11 @@ the structure and link count passes.
 from __future__ import annotations
 
 import stat
-import struct
 from bisect import bisect_left
 from collections.abc import Iterator
 
 from ..alloc.foreground import Watermark
-from ..format import Dirent, KeyType, Xattr, pack_key, unpack_key
+from ..format import Dirent, KeyType, Xattr, field_reader, pack_key, unpack_key
 from ..fs import dir as hashtab
 from ..fs.inode import ROOT_INUM, dtype_of
 from .context import Ctx
@@ -126,7 +125,7 @@ def _owned(ctx: Ctx, owner: int) -> tuple[list[bytes], list[bytes]]:
     return keys, vals
 
 
-_DIRENT_HEAD = struct.Struct("<QBQ").unpack_from    # inum, d_type, hash at byte 1
+_DIRENT_HEAD = field_reader(Dirent, "inum", "d_type", "hash")
 _S_IFMT = 0o170000
 
 
@@ -152,7 +151,7 @@ def _plain_directory(ctx: Ctx, owner: int, keys: list[bytes], vals: list[bytes])
         prev = slot
         if len(v) < Dirent.SIZE or v[0] != KeyType.dirent:
             return False
-        inum, d_type, h = _DIRENT_HEAD(v, 1)
+        inum, d_type, h = _DIRENT_HEAD(v)
         if not inum:
             continue                # a tombstone
         name = v[Dirent.SIZE:]

@@ -17,10 +17,18 @@ finished here, as mount would.
 from __future__ import annotations
 
 import stat
-import struct
 from bisect import bisect_left, bisect_right
 
-from ..format import BLOCK_SIZE, Extent, Inode, KeyType, checksum, pack_key, unpack_key
+from ..format import (
+    BLOCK_SIZE,
+    Extent,
+    Inode,
+    KeyType,
+    checksum,
+    field_reader,
+    pack_key,
+    unpack_key,
+)
 from ..fs.inode import (
     MAX_FILE_SIZE,
     ORPHAN_DELETE,
@@ -58,7 +66,7 @@ TYPE_NAMES = {stat.S_IFREG: "regular file", stat.S_IFDIR: "directory",
 
 # What pass 6 keeps of an inode, read straight from the value (no Inode
 # object): mode, nlink, size, blocks, generation and parent, at byte 1.
-_REC_FIELDS = struct.Struct("<I8xI4xQQ32xQ8xQ").unpack_from
+_REC_FIELDS = field_reader(Inode, "mode", "nlink", "size", "blocks", "generation", "parent")
 _S_IFMT = 0o170000
 # Modes whose inode no field check can object to (the common case, decided
 # without decoding): a known type other than a symlink, no stray bits.
@@ -115,7 +123,7 @@ def _plain_inode(inum: int, v: bytes) -> Rec | None:
     root a directory, a size in range (none on special files)."""
     if len(v) != Inode.SIZE or v[0] != KeyType.inode:
         return None
-    mode, nlink, size, blocks, gen, parent = _REC_FIELDS(v, 1)
+    mode, nlink, size, blocks, gen, parent = _REC_FIELDS(v)
     fmt = mode & _S_IFMT
     if fmt not in _PLAIN_TYPES or mode & ~0o177777:
         return None
